@@ -1,0 +1,47 @@
+"""tiered-registry: fast ``bot_id -> config`` lookups for asyncio bot servers.
+
+Backends (all implement :class:`RegistryBackend`): :class:`InMemoryBackend`, ``RedisBackend``,
+``PostgresBackend``, and the caching decorator ``TieredBackend`` that layers them.
+"""
+
+from .base import BackendBase
+from .errors import (
+    BackendClosedError,
+    BackendNotInitializedError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidInputError,
+    InvalidTypeError,
+    RegistryError,
+)
+from .frozen import FrozenDict, FrozenList, freeze, thaw
+from .models import Registration
+from .protocol import RegistryBackend
+from .query import SortSpec
+from .stores.memory import InMemoryBackend
+from .validation import MAX_BOT_ID_LENGTH, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_METADATA_BYTES, STATUSES
+
+__all__ = [
+    "MAX_BOT_ID_LENGTH",
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "MAX_METADATA_BYTES",
+    "STATUSES",
+    "BackendBase",
+    "BackendClosedError",
+    "BackendNotInitializedError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "FrozenDict",
+    "FrozenList",
+    "InMemoryBackend",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "Registration",
+    "RegistryBackend",
+    "RegistryError",
+    "SortSpec",
+    "freeze",
+    "thaw",
+]
+__version__ = "0.1.0"

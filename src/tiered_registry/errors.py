@@ -1,0 +1,54 @@
+"""One exception hierarchy for the whole library, rooted at :class:`RegistryError`.
+
+Callers catch ``RegistryError`` for anything this library raises on purpose. Input errors also
+subclass the built-in ``ValueError``/``TypeError`` so code written against plain Python
+conventions keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendClosedError",
+    "BackendNotInitializedError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "RegistryError",
+]
+
+
+class RegistryError(Exception):
+    """Base class of every error raised on purpose by tiered-registry."""
+
+
+class InvalidInputError(RegistryError, ValueError):
+    """An argument has the right type but a bad value (too long, unknown status, NaN, ...).
+
+    ``field`` names the argument (``"bot_id"``, ``"config"``, ``"config.a.b"``, ``"limit"``...).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument has a type the protocol does not accept (a non-``str`` id, a set in a config...)."""
+
+
+class ConfigurationError(RegistryError, ValueError):
+    """A backend or stack was configured wrongly (unknown option, bad URL, bad namespace)."""
+
+
+class BackendClosedError(RegistryError, RuntimeError):
+    """The backend was used after ``close()``."""
+
+
+class BackendNotInitializedError(RegistryError, RuntimeError):
+    """The backend was used before ``initialize()`` (or outside ``async with``)."""
+
+
+class BackendUnavailableError(RegistryError, ConnectionError):
+    """The server behind a backend could not be reached or failed; ``__cause__`` holds the driver error."""

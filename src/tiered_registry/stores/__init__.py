@@ -1,0 +1,1 @@
+"""Durable stores: the source of truth a :class:`~tiered_registry.TieredBackend` caches."""
