@@ -19,9 +19,13 @@ from .models import Registration
 from .protocol import RegistryBackend
 from .query import SortSpec
 from .stores.memory import InMemoryBackend
+from .tiered import TieredBackend
+from .tiers.base import ABSENT, CacheTier
+from .tiers.local import LocalCache
 from .validation import MAX_BOT_ID_LENGTH, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_METADATA_BYTES, STATUSES
 
 __all__ = [
+    "ABSENT",
     "MAX_BOT_ID_LENGTH",
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
@@ -31,16 +35,19 @@ __all__ = [
     "BackendClosedError",
     "BackendNotInitializedError",
     "BackendUnavailableError",
+    "CacheTier",
     "ConfigurationError",
     "FrozenDict",
     "FrozenList",
     "InMemoryBackend",
     "InvalidInputError",
     "InvalidTypeError",
+    "LocalCache",
     "Registration",
     "RegistryBackend",
     "RegistryError",
     "SortSpec",
+    "TieredBackend",
     "freeze",
     "thaw",
 ]

@@ -116,6 +116,12 @@ class BackendBase(abc.ABC):
         self._check_open()
         return await self._get(bot_id, touch=True)
 
+    async def peek(self, bot_id: str) -> Registration | None:
+        """Like :meth:`get` but not an access (``last_accessed_at`` untouched)."""
+        bot_id = validate_bot_id(bot_id)
+        self._check_open()
+        return await self._get(bot_id, touch=False)
+
     async def get_config(self, bot_id: str) -> dict[str, Any] | None:
         bot_id = validate_bot_id(bot_id)
         self._check_open()

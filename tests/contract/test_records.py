@@ -35,7 +35,8 @@ async def test_register_returns_the_record(backend) -> None:
     assert record.status == "active"
     assert record.metadata == {}
     for stamp in (record.created_at, record.updated_at, record.last_accessed_at):
-        assert stamp.tzinfo is not None and stamp.utcoffset() == UTC.utcoffset(None)
+        assert stamp.tzinfo is not None
+        assert stamp.utcoffset() == UTC.utcoffset(None)
 
 
 async def test_get_round_trips_every_field(backend) -> None:
@@ -57,8 +58,11 @@ async def test_config_json_types_survive_exactly(backend) -> None:
     await backend.register("bot", config)
     got = await backend.get_config("bot")
     assert got == config
-    assert type(got["t"]) is bool and type(got["i"]) is int and type(got["fl"]) is float
-    assert type(got["s"]) is str and type(got["l"][0]) is int
+    assert type(got["t"]) is bool
+    assert type(got["i"]) is int
+    assert type(got["fl"]) is float
+    assert type(got["s"]) is str
+    assert type(got["l"][0]) is int
 
 
 async def test_missing_bot_reads_as_none(backend) -> None:

@@ -1,0 +1,337 @@
+"""``TieredBackend``: the caching decorator — cache tiers in front of a store, itself a backend.
+
+Reads go down the tiers (nearest first) until one answers, then fill every tier above it. Writes go
+to the store first (if that fails, no tier changes), then through the tiers from the farthest to
+the nearest. Four things make this correct and fast:
+
+- **Hot path.** ``get_config`` on a local hit is one ``dict.get`` on the local tier's entries, a
+  deadline check and a dict store to note the access: no lock, no copy, no I/O, no
+  ``datetime.now()``. Everything else takes the slow path.
+- **Stale fills.** Each key being read has one *flight*. A write marks the key's flight stale after
+  the store committed and after the lower tiers were updated, so a read that started earlier never
+  puts the old value back; tiers shared between processes also check a version token (see
+  :class:`~tiered_registry.tiers.redis.RedisCache`).
+- **Single-flight.** Concurrent misses of one key share that flight: one read of the tier below.
+- **Negative caching.** A miss all the way down is remembered (``ABSENT``) for the tiers'
+  ``negative_ttl``; ``register`` replaces it at once.
+
+``last_accessed_at``: every read that answers with a bot counts as an access, recorded in memory
+and written to the store in batches (:mod:`tiered_registry.access`). A registration served from a
+cache carries the ``last_accessed_at`` it had when it was cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
+from .base import BackendBase
+from .errors import BackendUnavailableError, ConfigurationError
+from .frozen import FrozenDict
+from .models import Registration
+from .query import Query
+from .tiers.base import ABSENT, CacheTier, Lookup
+from .tiers.local import Entry, LocalCache
+from .validation import validate_bot_id
+
+__all__ = ["TieredBackend"]
+
+logger = logging.getLogger(__name__)
+_monotonic = time.monotonic
+_NO_ENTRIES: Final[dict[str, Entry]] = {}
+_SKIPPED: Final = object()  # fill token of a tier that failed during the lookup
+TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
+
+
+class _Flight:
+    """One in-progress read of one key; ``stale`` once a write to that key has committed."""
+
+    __slots__ = ("stale", "task")
+
+    def __init__(self) -> None:
+        self.stale = False
+        self.task: asyncio.Task[Registration | None] | None = None
+
+
+class TieredBackend(BackendBase):
+    """Cache tiers (nearest first) in front of a store; a drop-in :class:`RegistryBackend`.
+
+    ``TieredBackend(tiers=[LocalCache(maxsize=10_000, ttl=30), RedisCache(REDIS_URL, ttl=300)],
+    store=PostgresBackend(DATABASE_URL))``. ``initialize``/``close`` cover every part it holds.
+    """
+
+    def __init__(
+        self,
+        *,
+        tiers: Sequence[CacheTier],
+        store: BackendBase,
+        access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
+    ) -> None:
+        tiers = list(tiers)
+        if not isinstance(store, BackendBase):
+            raise ConfigurationError(f"store must be a tiered_registry backend, got {type(store).__name__}")
+        for tier in tiers:
+            if not isinstance(tier, CacheTier):
+                raise ConfigurationError(f"tiers must be cache tiers, got {type(tier).__name__}")
+        if len({id(t) for t in tiers}) != len(tiers):
+            raise ConfigurationError("the same tier object appears twice in tiers")
+        self._tiers = tiers
+        self._store = store
+        self._local = tiers[0] if tiers and isinstance(tiers[0], LocalCache) else None
+        self._hot: dict[str, Entry] = _NO_ENTRIES  # the local tier's entries while open and trusted
+        self._flights: dict[str, _Flight] = {}
+        self._recorder = AccessRecorder(self._write_accesses, interval=access_flush_interval)
+        self._accessed = self._recorder.pending
+        self._hot_hits = 0
+        self._store_reads = 0
+        self._store_errors = 0
+        self._names = _tier_names(tiers)
+
+    def __repr__(self) -> str:
+        return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
+
+    @property
+    def tiers(self) -> tuple[CacheTier, ...]:
+        return tuple(self._tiers)
+
+    @property
+    def store(self) -> BackendBase:
+        return self._store
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def _initialize(self) -> None:
+        await self._store.initialize()
+        for tier in self._tiers:
+            await tier.initialize()
+        self._recorder.start()
+        if self._local is not None:
+            self._hot = self._local.entries
+
+    async def _close(self) -> None:
+        self._hot = _NO_ENTRIES
+        await self._recorder.stop()
+        for flight in list(self._flights.values()):
+            if flight.task is not None and not flight.task.done():
+                flight.task.cancel()
+        self._flights.clear()
+        for tier in self._tiers:
+            await tier.close()
+        await self._store.close()
+
+    # ---- the hot path ----------------------------------------------------------------------
+
+    async def get_config(self, bot_id: str) -> dict[str, Any] | None:
+        try:
+            entry = self._hot.get(bot_id)
+        except TypeError:  # unhashable id: the slow path raises the clear error
+            entry = None
+        if entry is not None and entry[2] > _monotonic():
+            self._hot_hits += 1
+            config = entry[1]
+            if config is not None:
+                self._accessed[bot_id] = None
+            return config
+        return await self._get_config_slow(bot_id)
+
+    async def _get_config_slow(self, bot_id: str) -> FrozenDict | None:
+        bot_id = validate_bot_id(bot_id)
+        self._check_open()
+        return await self._get_config(bot_id, touch=True)
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
+        record = await self._read_through(bot_id)
+        if touch and record is not None:
+            self._accessed[bot_id] = None
+        return record
+
+    async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
+        record = await self._get(bot_id, touch=touch)
+        return None if record is None else record.config
+
+    async def _read_through(self, bot_id: str) -> Registration | None:
+        if self._local is not None and self._hot is not _NO_ENTRIES:
+            entry = self._local.get_entry(bot_id)
+            if entry is not None:
+                self._hot_hits += 1
+                return entry[0]
+        flight = self._flights.get(bot_id)
+        if flight is None:
+            flight = _Flight()
+            task = asyncio.get_running_loop().create_task(self._load(bot_id, flight))
+            flight.task = task
+            self._flights[bot_id] = flight
+            task.add_done_callback(lambda t: self._land(bot_id, flight, t))
+        assert flight.task is not None
+        return await asyncio.shield(flight.task)
+
+    def _land(self, bot_id: str, flight: _Flight, task: asyncio.Task[Registration | None]) -> None:
+        if self._flights.get(bot_id) is flight:
+            del self._flights[bot_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a flight nobody awaits any more logs nothing
+
+    async def _load(self, bot_id: str, flight: _Flight) -> Registration | None:
+        """Ask the tiers nearest first, then the store; fill the tiers above the one that answered."""
+        tokens: list[object] = []
+        found: Lookup = None
+        for tier in self._tiers:
+            if tier is self._local and self._hot is _NO_ENTRIES:
+                tokens.append(_SKIPPED)  # the local tier is bypassed (closed or not trusted)
+                continue
+            try:
+                found, token = await tier.lookup(bot_id)
+            except TIER_FAILURES as exc:
+                self._tier_failed(tier, "lookup", exc)
+                tokens.append(_SKIPPED)
+                continue
+            if found is not None:
+                break
+            tokens.append(token)
+        if found is None:
+            try:
+                found = await self._store._get(bot_id, touch=False)
+            except Exception:
+                self._store_errors += 1
+                raise
+            self._store_reads += 1
+        record = None if found is None or found is ABSENT else found
+        assert record is None or isinstance(record, Registration)
+        # `tokens` covers exactly the tiers above the one that answered: fill them, farthest first,
+        # unless a write to this key committed meanwhile (then our value may be the old one).
+        for tier, token in zip(reversed(self._tiers[: len(tokens)]), reversed(tokens), strict=True):
+            if flight.stale:
+                break
+            if token is _SKIPPED:
+                continue
+            try:
+                await tier.fill(bot_id, record, token)
+            except TIER_FAILURES as exc:
+                self._tier_failed(tier, "fill", exc)
+        return record
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def _mark_stale(self, bot_id: str) -> None:
+        flight = self._flights.pop(bot_id, None)
+        if flight is not None:
+            flight.stale = True
+
+    async def _register(
+        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
+    ) -> Registration:
+        record = await self._store._register(bot_id, config, status, metadata)
+        for tier in reversed(self._tiers):
+            if tier is self._local:
+                continue
+            try:
+                await tier.put(bot_id, record)
+            except TIER_FAILURES as exc:
+                self._tier_failed(tier, "put", exc)
+        self._mark_stale(bot_id)
+        if self._local is not None:
+            self._local.set(bot_id, record)
+        return record
+
+    async def _invalidate(self, bot_id: str) -> None:
+        """After a committed write: forget ``bot_id`` in every tier, farthest first."""
+        for tier in reversed(self._tiers):
+            if tier is self._local:
+                continue
+            try:
+                await tier.invalidate(bot_id)
+            except TIER_FAILURES as exc:
+                self._tier_failed(tier, "invalidate", exc)
+        self._mark_stale(bot_id)
+        if self._local is not None:
+            self._local.stats.invalidations += 1
+            self._local.delete(bot_id)
+
+    async def _deactivate(self, bot_id: str) -> bool:
+        existed = await self._store._deactivate(bot_id)
+        await self._invalidate(bot_id)
+        return existed
+
+    async def _unregister(self, bot_id: str) -> bool:
+        existed = await self._store._unregister(bot_id)
+        await self._invalidate(bot_id)
+        return existed
+
+    async def _clear(self) -> None:
+        await self._store._clear()
+        for tier in reversed(self._tiers):
+            if tier is self._local:
+                continue
+            try:
+                await tier.clear()
+            except TIER_FAILURES as exc:
+                self._tier_failed(tier, "clear", exc)
+        for flight in self._flights.values():
+            flight.stale = True
+        self._flights.clear()
+        if self._local is not None:
+            await self._local.clear()
+
+    # ---- lists go to the store ---------------------------------------------------------------
+
+    async def _select(self, query: Query) -> list[Registration]:
+        return await self._store._select(query)
+
+    async def _count(self, query: Query) -> int:
+        return await self._store._count(query)
+
+    async def _list_ids(self) -> list[str]:
+        return await self._store._list_ids()
+
+    async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
+        async for record in self._store._stream(query, batch_size):
+            yield record
+
+    # ---- access tracking -----------------------------------------------------------------------
+
+    async def _write_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        if self._local is not None:
+            self._local.note_hits(bot_ids)
+        await self._store.record_accesses(bot_ids, at)
+
+    async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        await self._store._record_accesses(bot_ids, at)
+
+    async def flush_accesses(self) -> None:
+        self._check_open()
+        await self._recorder.flush()
+        await self._store.flush_accesses()
+
+    # ---- statistics ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per-tier counters (hits, misses, fills, invalidations, errors) and store reads, as plain dicts."""
+        out: dict[str, dict[str, int]] = {}
+        for name, tier in zip(self._names, self._tiers, strict=True):
+            counters = tier.stats.as_dict()
+            if tier is self._local:
+                counters["hits"] += self._hot_hits
+            out[name] = counters
+        out["store"] = {"reads": self._store_reads, "errors": self._store_errors}
+        return out
+
+    def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
+        tier.stats.errors += 1
+        logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
+
+
+def _tier_names(tiers: Sequence[CacheTier]) -> list[str]:
+    names: list[str] = []
+    for tier in tiers:
+        name = tier.name
+        if name in names:
+            name = f"{name}{sum(1 for n in names if n.startswith(tier.name)) + 1}"
+        names.append(name)
+    return names

@@ -1,0 +1,1 @@
+"""Cache tiers: bounded, expiring copies in front of a store (see :mod:`tiered_registry.tiered`)."""

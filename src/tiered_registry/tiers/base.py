@@ -1,0 +1,80 @@
+"""``CacheTier``: what a cache layer of a :class:`~tiered_registry.TieredBackend` must do.
+
+A tier answers ``lookup`` with a registration, :data:`ABSENT` (a remembered miss: the bot is
+known not to exist), or ``None`` (this tier does not know). Fills after a read carry the *token*
+that the tier's own lookup returned, so a tier shared between processes (Redis) can refuse a fill
+whose read started before a newer write or invalidation (a stale fill).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import asdict, dataclass
+from typing import Final, TypeAlias
+
+from ..models import Registration
+
+__all__ = ["ABSENT", "CacheTier", "Lookup", "TierStats"]
+
+
+class _Absent(enum.Enum):
+    ABSENT = "ABSENT"
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = _Absent.ABSENT
+"""A cached miss: the bot is known not to exist (negative caching)."""
+
+Lookup: TypeAlias = Registration | _Absent | None
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Counters of one tier; plain ints, cheap enough to leave on."""
+
+    hits: int = 0
+    misses: int = 0
+    fills: int = 0
+    invalidations: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class CacheTier(abc.ABC):
+    """A cache layer. Subclasses: :class:`LocalCache`, :class:`RedisCache`."""
+
+    name: str = "tier"
+
+    def __init__(self) -> None:
+        self.stats = TierStats()
+
+    async def initialize(self) -> None:  # noqa: B027 - optional hook
+        """Connect (idempotent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (idempotent)."""
+
+    @abc.abstractmethod
+    async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
+        """Return ``(what this tier knows, fill token)``."""
+
+    @abc.abstractmethod
+    async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
+        """Cache a value read from below (``None`` = remember the miss), unless ``token`` is stale."""
+
+    @abc.abstractmethod
+    async def put(self, bot_id: str, record: Registration) -> None:
+        """Write-through after a successful write to the store: replace unconditionally."""
+
+    @abc.abstractmethod
+    async def invalidate(self, bot_id: str) -> None:
+        """Forget ``bot_id`` (and make in-flight fills of it stale)."""
+
+    @abc.abstractmethod
+    async def clear(self) -> None:
+        """Forget everything this tier holds for its namespace."""

@@ -1,0 +1,152 @@
+"""``LocalCache``: the bounded in-process tier — the hot path of the whole library.
+
+Reads must cost about a dict lookup, so the tier keeps two structures:
+
+- ``entries``: a plain ``dict`` ``bot_id -> (record, frozen config, deadline)`` that the hot path
+  of :class:`~tiered_registry.TieredBackend` reads directly: one ``dict.get``, one comparison with
+  ``time.monotonic()``, no lock, no copy (configs are frozen when they enter).
+- a ``cachetools.TTLCache`` index holding the same keys, which does the bounding: LRU eviction at
+  ``maxsize`` and expiry at ``ttl``. Whatever it evicts or expires is dropped from ``entries``.
+
+Hits on the hot path do not reorder the LRU index one by one (that is what makes
+``TTLCache.get`` 5-12x a dict lookup); the hit keys the backend records for access tracking are
+replayed into the index in one batch (:meth:`note_hits`) every access-flush interval, so the LRU
+order is exact to within that interval.
+
+Staleness bound: an entry is served at most ``ttl`` seconds after it was filled (``negative_ttl``
+for a remembered miss), even if every invalidation were lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
+
+from cachetools import TTLCache
+
+from ..errors import ConfigurationError
+from ..frozen import FrozenDict
+from ..models import Registration
+from .base import ABSENT, CacheTier, Lookup
+
+__all__ = ["Entry", "LocalCache"]
+
+Entry: TypeAlias = tuple[Registration | None, FrozenDict | None, float]
+"""``(record or None for a remembered miss, its frozen config, monotonic deadline)``."""
+
+_monotonic = time.monotonic
+
+
+class _BoundedIndex(TTLCache[str, Entry]):
+    """A TTLCache that reports every key it evicts or expires (to keep ``entries`` in step)."""
+
+    def __init__(self, maxsize: int, ttl: float, on_remove: Callable[[str], Any]) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=_monotonic)
+        self._on_remove = on_remove
+
+    def popitem(self) -> tuple[str, Entry]:
+        key, value = super().popitem()
+        self._on_remove(key)
+        return key, value
+
+    def expire(self, time: float | None = None) -> list[tuple[str, Entry]]:
+        expired = list(super().expire(time))
+        for key, _ in expired:
+            self._on_remove(key)
+        return expired
+
+
+class LocalCache(CacheTier):
+    """In-process LRU + TTL cache of registrations (one per process, shared by its tasks)."""
+
+    name = "local"
+
+    def __init__(self, maxsize: int = 10_000, ttl: float = 30.0, *, negative_ttl: float = 5.0) -> None:
+        super().__init__()
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ConfigurationError(f"LocalCache maxsize must be a positive int, got {maxsize!r}")
+        if not ttl > 0:
+            raise ConfigurationError(f"LocalCache ttl must be positive seconds, got {ttl!r}")
+        if not negative_ttl >= 0:
+            raise ConfigurationError(f"LocalCache negative_ttl must be >= 0 seconds, got {negative_ttl!r}")
+        self.maxsize = maxsize
+        self.ttl = float(ttl)
+        self.negative_ttl = float(negative_ttl)
+        self.entries: dict[str, Entry] = {}
+        self._index = _BoundedIndex(maxsize, max(self.ttl, self.negative_ttl), self._drop)
+
+    def __repr__(self) -> str:
+        return f"LocalCache(maxsize={self.maxsize}, ttl={self.ttl}, negative_ttl={self.negative_ttl})"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _drop(self, bot_id: str) -> None:
+        self.entries.pop(bot_id, None)
+
+    # ---- synchronous core (used directly by TieredBackend) ----------------------------------
+
+    def get_entry(self, bot_id: str) -> Entry | None:
+        """The live entry for ``bot_id``, or ``None`` (an expired one is dropped)."""
+        entry = self.entries.get(bot_id)
+        if entry is None:
+            return None
+        if entry[2] > _monotonic():
+            return entry
+        self.delete(bot_id)
+        return None
+
+    def set(self, bot_id: str, record: Registration | None) -> None:
+        """Cache ``record`` (``None`` = remember the miss, if negative caching is on)."""
+        if record is None:
+            if self.negative_ttl <= 0:
+                self.delete(bot_id)
+                return
+            entry: Entry = (None, None, _monotonic() + self.negative_ttl)
+        else:
+            entry = (record, record.config, _monotonic() + self.ttl)
+        self._index[bot_id] = entry  # may evict/expire others (they leave `entries` too)
+        self.entries[bot_id] = entry
+        self.stats.fills += 1
+
+    def delete(self, bot_id: str) -> None:
+        self.entries.pop(bot_id, None)
+        self._index.pop(bot_id, None)
+
+    def delete_all(self) -> None:
+        self.entries.clear()
+        self._index.clear()
+
+    def note_hits(self, bot_ids: Iterable[str]) -> None:
+        """Replay hot-path hits into the LRU order (batched; see the module docstring)."""
+        index = self._index
+        for bot_id in bot_ids:
+            if bot_id in index:
+                index.get(bot_id)  # moves it to the most-recently-used end
+
+    # ---- CacheTier --------------------------------------------------------------------------
+
+    async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
+        entry = self.get_entry(bot_id)
+        if entry is None:
+            self.stats.misses += 1
+            return None, None
+        self.stats.hits += 1
+        return (ABSENT if entry[0] is None else entry[0]), None
+
+    async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
+        # In-process staleness is handled by the backend's per-key flight (checked synchronously
+        # right before this call), so no token is needed here.
+        self.set(bot_id, record)
+
+    async def put(self, bot_id: str, record: Registration) -> None:
+        self.set(bot_id, record)
+
+    async def invalidate(self, bot_id: str) -> None:
+        self.stats.invalidations += 1
+        self.delete(bot_id)
+
+    async def clear(self) -> None:
+        self.stats.invalidations += 1
+        self.delete_all()
