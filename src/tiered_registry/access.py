@@ -38,10 +38,12 @@ class AccessRecorder:
         *,
         interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
         max_pending: int = 50_000,
+        before_flush: Callable[[], None] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval!r}")
         self._sink = sink
+        self._before_flush = before_flush  # lets an owner merge accesses it noted elsewhere
         self.interval = interval
         self._max_pending = max_pending
         self.pending: dict[str, None] = {}  # insertion-ordered set; read on the hot path
@@ -66,6 +68,8 @@ class AccessRecorder:
     async def flush(self) -> None:
         """Write every pending access now (one sink call)."""
         async with self._flush_lock:
+            if self._before_flush is not None:
+                self._before_flush()
             if not self.pending:
                 return
             ids = list(self.pending)

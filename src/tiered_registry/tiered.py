@@ -85,8 +85,11 @@ class TieredBackend(BackendBase):
         self._local = tiers[0] if tiers and isinstance(tiers[0], LocalCache) else None
         self._hot: dict[str, Entry] = _NO_ENTRIES  # the local tier's entries while open and trusted
         self._flights: dict[str, _Flight] = {}
-        self._recorder = AccessRecorder(self._write_accesses, interval=access_flush_interval)
-        self._accessed = self._recorder.pending
+        self._recorder = AccessRecorder(
+            self._store.record_accesses, interval=access_flush_interval, before_flush=self._collect_hot_hits
+        )
+        self._accessed = self._recorder.pending  # accesses served by the slow path
+        self._hot_accessed: dict[str, None] = {}  # accesses served by the hot path (also LRU hints)
         self._hot_hits = 0
         self._store_reads = 0
         self._store_errors = 0
@@ -135,7 +138,7 @@ class TieredBackend(BackendBase):
             self._hot_hits += 1
             config = entry[1]
             if config is not None:
-                self._accessed[bot_id] = None
+                self._hot_accessed[bot_id] = None
             return config
         return await self._get_config_slow(bot_id)
 
@@ -296,10 +299,14 @@ class TieredBackend(BackendBase):
 
     # ---- access tracking -----------------------------------------------------------------------
 
-    async def _write_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
-        if self._local is not None:
-            self._local.note_hits(bot_ids)
-        await self._store.record_accesses(bot_ids, at)
+    def _collect_hot_hits(self) -> None:
+        """Before each access flush: hand the hot path's hits to the recorder and the LRU order."""
+        hot = self._hot_accessed
+        if hot:
+            if self._local is not None:
+                self._local.note_hits(hot)
+            self._accessed.update(hot)
+            hot.clear()
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         await self._store._record_accesses(bot_ids, at)

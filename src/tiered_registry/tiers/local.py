@@ -82,6 +82,9 @@ class LocalCache(CacheTier):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def __bool__(self) -> bool:  # an empty cache is still a cache (`tier or default` must not skip it)
+        return True
+
     def _drop(self, bot_id: str) -> None:
         self.entries.pop(bot_id, None)
 

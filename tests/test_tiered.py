@@ -1,0 +1,287 @@
+"""TieredBackend behaviour beyond the contract: races, single-flight, negative caching, the hot path.
+
+Parametrized over real stores (and, where available, a real Redis cache tier): ``CountingStore``
+wraps the real store to count reads and to hold a read at a gate while the test writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from tiered_registry import (
+    BackendBase,
+    BackendUnavailableError,
+    CacheTier,
+    InMemoryBackend,
+    LocalCache,
+    Registration,
+    TieredBackend,
+)
+from tiered_registry.tiers.base import Lookup
+
+from .helpers import CountingStore
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, str], BackendBase]] = {
+    "memory": lambda request, ns: InMemoryBackend(),
+}
+
+
+def _postgres(request: pytest.FixtureRequest, ns: str) -> BackendBase:
+    from tiered_registry.stores.postgres import PostgresBackend
+
+    return PostgresBackend(request.getfixturevalue("database_url"), table=ns)
+
+
+try:  # the PostgreSQL store joins once it exists
+    import tiered_registry.stores.postgres  # noqa: F401
+
+    STORES["postgres"] = _postgres
+except ImportError:  # pragma: no cover
+    pass
+
+MakeTiered = Callable[..., Awaitable[tuple[TieredBackend, CountingStore]]]
+
+
+@pytest.fixture(params=sorted(STORES))
+async def make_tiered(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[MakeTiered]:
+    """Build a TieredBackend over a CountingStore(real store); seed data straight into the store."""
+    built: list[TieredBackend] = []
+
+    async def make(
+        *, local: LocalCache | None = None, seed: dict[str, dict] | None = None
+    ) -> tuple[TieredBackend, CountingStore]:
+        store = CountingStore(STORES[request.param](request, namespace))
+        tiered = TieredBackend(
+            tiers=[local if local is not None else LocalCache(maxsize=100, ttl=30)], store=store
+        )
+        await tiered.initialize()
+        built.append(tiered)
+        for bot_id, config in (seed or {}).items():
+            await store.register(bot_id, config)  # behind the caches' back: they start cold
+        store.reads = 0
+        return tiered, store
+
+    yield make
+    for tiered in built:
+        if tiered.is_open:
+            await tiered.clear()
+            inner = tiered.store.inner  # type: ignore[attr-defined]
+            if hasattr(inner, "drop"):
+                await inner.drop()
+            await tiered.close()
+
+
+async def _start_read_and_hold(tiered: TieredBackend, store: CountingStore, bot_id: str) -> asyncio.Task:
+    store.gate.clear()
+    store.read_started.clear()
+    task = asyncio.create_task(tiered.get_config(bot_id))
+    await asyncio.wait_for(store.read_started.wait(), 5)
+    return task
+
+
+@pytest.mark.parametrize("write", ["register", "deactivate", "unregister"])
+async def test_a_read_that_started_before_a_write_does_not_refill_the_old_value(make_tiered, write) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    held = await _start_read_and_hold(tiered, store, "bot")  # has read v1, not yet filled
+    if write == "register":
+        await tiered.register("bot", {"v": 2})
+    elif write == "deactivate":
+        assert await tiered.deactivate("bot")
+    else:
+        assert await tiered.unregister("bot")
+    store.gate.set()
+    assert await held == {"v": 1}  # it started before the write: the old value is a fair answer
+    # ...but it must not have been put back into the cache:
+    expected = {"register": {"v": 2}, "deactivate": {"v": 1}, "unregister": None}[write]
+    assert await tiered.get_config("bot") == expected
+    assert await tiered.exists("bot") is (write == "register")
+    record = await tiered.get("bot")
+    assert (record.status if record else None) == {
+        "register": "active",
+        "deactivate": "inactive",
+        "unregister": None,
+    }[write]
+
+
+async def test_a_read_that_started_before_clear_does_not_refill(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    held = await _start_read_and_hold(tiered, store, "bot")
+    await tiered.clear()
+    store.gate.set()
+    await held
+    assert await tiered.get_config("bot") is None
+
+
+async def test_1000_concurrent_misses_of_one_key_read_the_store_once(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"cold": {"v": 1}})
+    results = await asyncio.gather(*(tiered.get_config("cold") for _ in range(1000)))
+    assert store.reads == 1
+    assert all(r == {"v": 1} for r in results)
+    assert all(r is results[0] for r in results)  # one shared frozen object, no copies
+
+
+async def test_concurrent_misses_of_an_unknown_id_read_once_and_are_remembered(make_tiered) -> None:
+    tiered, store = await make_tiered()
+    results = await asyncio.gather(*(tiered.get_config("ghost") for _ in range(1000)))
+    assert results == [None] * 1000
+    assert store.reads == 1
+    for _ in range(1000):
+        assert await tiered.get_config("ghost") is None
+        assert await tiered.exists("ghost") is False
+    assert store.reads == 1
+
+
+async def test_register_clears_a_remembered_miss_at_once(make_tiered) -> None:
+    tiered, store = await make_tiered()
+    assert await tiered.get_config("late") is None
+    await tiered.register("late", {"v": 1})
+    assert await tiered.get_config("late") == {"v": 1}
+    assert await tiered.exists("late") is True
+
+
+async def test_a_remembered_miss_expires_after_negative_ttl(make_tiered) -> None:
+    tiered, store = await make_tiered(local=LocalCache(maxsize=10, ttl=30, negative_ttl=0.05))
+    assert await tiered.get_config("x") is None
+    await store.register("x", {"v": 1})  # behind the cache's back
+    assert await tiered.get_config("x") is None  # still remembered
+    await asyncio.sleep(0.1)
+    assert await tiered.get_config("x") == {"v": 1}
+
+
+async def test_negative_caching_can_be_turned_off(make_tiered) -> None:
+    tiered, store = await make_tiered(local=LocalCache(maxsize=10, ttl=30, negative_ttl=0))
+    for _ in range(3):
+        assert await tiered.get_config("x") is None
+    assert store.reads == 3
+
+
+async def test_hits_do_not_reach_the_store_and_are_counted(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"hot": {"v": 1}})
+    first = await tiered.get_config("hot")
+    for _ in range(100):
+        assert await tiered.get_config("hot") is first
+    assert store.reads == 1
+    stats = tiered.stats()
+    assert stats["local"]["hits"] == 100
+    assert stats["local"]["misses"] == 1
+    assert stats["local"]["fills"] == 1
+    assert stats["store"]["reads"] == 1
+
+
+async def test_entries_expire_after_ttl(make_tiered) -> None:
+    tiered, store = await make_tiered(local=LocalCache(maxsize=10, ttl=0.05), seed={"bot": {"v": 1}})
+    await tiered.get_config("bot")
+    await store.register("bot", {"v": 2})  # behind the cache's back
+    assert await tiered.get_config("bot") == {"v": 1}
+    await asyncio.sleep(0.1)
+    assert await tiered.get_config("bot") == {"v": 2}
+    assert store.reads == 2
+
+
+async def test_the_local_tier_is_bounded(make_tiered) -> None:
+    local = LocalCache(maxsize=10, ttl=30)
+    tiered, store = await make_tiered(local=local, seed={f"b{i}": {"i": i} for i in range(50)})
+    for i in range(50):
+        assert await tiered.get_config(f"b{i}") == {"i": i}
+    assert len(local) <= 10
+    assert len(local.entries) == len(local._index)
+
+
+async def test_lru_keeps_recently_hit_bots(make_tiered) -> None:
+    local = LocalCache(maxsize=3, ttl=30)
+    tiered, store = await make_tiered(local=local, seed={b: {} for b in "abcd"})
+    for b in "abc":
+        await tiered.get_config(b)
+    await tiered.get_config("a")  # a hot-path hit...
+    await tiered.flush_accesses()  # ...replayed into the LRU order
+    await tiered.get_config("d")  # evicts the least recently used: b
+    assert set(local.entries) == {"a", "c", "d"}
+
+
+async def test_local_hits_count_as_accesses_in_the_store(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    await tiered.get_config("bot")
+    await tiered.flush_accesses()
+    (before,) = await tiered.list_all()
+    await asyncio.sleep(0.002)
+    await tiered.get_config("bot")  # a local hit
+    assert store.reads == 1
+    await tiered.flush_accesses()
+    (after,) = await tiered.list_all()
+    assert after.last_accessed_at > before.last_accessed_at
+
+
+async def test_peek_config_is_not_an_access_even_from_the_cache(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    await tiered.flush_accesses()
+    (before,) = await tiered.list_all()
+    await tiered.peek_config("bot")
+    await tiered.peek_config("bot")
+    await tiered.flush_accesses()
+    (after,) = await tiered.list_all()
+    assert after.last_accessed_at == before.last_accessed_at
+
+
+async def test_a_failed_store_write_leaves_every_tier_as_it_was(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    assert await tiered.get_config("bot") == {"v": 1}
+
+    async def broken(*args: object, **kwargs: object) -> Registration:
+        raise BackendUnavailableError("store is down")
+
+    store._register = broken  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailableError):
+        await tiered.register("bot", {"v": 2})
+    assert await tiered.get_config("bot") == {"v": 1}
+    assert tiered.stats()["local"]["invalidations"] == 0
+
+
+class _DeadTier(CacheTier):
+    """A tier whose server is down: every call fails like a refused connection."""
+
+    name = "dead"
+
+    async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
+        raise BackendUnavailableError("connection refused")
+
+    async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
+        raise BackendUnavailableError("connection refused")
+
+    async def put(self, bot_id: str, record: Registration) -> None:
+        raise BackendUnavailableError("connection refused")
+
+    async def invalidate(self, bot_id: str) -> None:
+        raise BackendUnavailableError("connection refused")
+
+    async def clear(self) -> None:
+        raise BackendUnavailableError("connection refused")
+
+
+async def test_a_failing_tier_is_skipped_and_counted(caplog) -> None:
+    store = CountingStore(InMemoryBackend())
+    async with TieredBackend(tiers=[LocalCache(), _DeadTier()], store=store) as tiered:
+        await tiered.register("bot", {"v": 1})
+        await tiered.deactivate("bot")
+        assert await tiered.get_config("bot") == {"v": 1}
+        assert await tiered.exists("bot") is False
+        assert tiered.stats()["dead"]["errors"] >= 3
+
+
+async def test_the_stack_closes_every_part() -> None:
+    store = InMemoryBackend()
+    tiered = TieredBackend(tiers=[LocalCache()], store=store)
+    await tiered.initialize()
+    assert store.is_open
+    await tiered.close()
+    assert not store.is_open
+
+
+async def test_bad_ids_are_rejected_on_the_hot_path_too() -> None:
+    async with TieredBackend(tiers=[LocalCache()], store=InMemoryBackend()) as tiered:
+        with pytest.raises(TypeError, match="bot_id"):
+            await tiered.get_config(["unhashable"])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="bot_id"):
+            await tiered.get_config("")
