@@ -135,7 +135,7 @@ async def test_concurrent_misses_of_an_unknown_id_read_once_and_are_remembered(m
 
 
 async def test_register_clears_a_remembered_miss_at_once(make_tiered) -> None:
-    tiered, store = await make_tiered()
+    tiered, _store = await make_tiered()
     assert await tiered.get_config("late") is None
     await tiered.register("late", {"v": 1})
     assert await tiered.get_config("late") == {"v": 1}
@@ -183,7 +183,7 @@ async def test_entries_expire_after_ttl(make_tiered) -> None:
 
 async def test_the_local_tier_is_bounded(make_tiered) -> None:
     local = LocalCache(maxsize=10, ttl=30)
-    tiered, store = await make_tiered(local=local, seed={f"b{i}": {"i": i} for i in range(50)})
+    tiered, _store = await make_tiered(local=local, seed={f"b{i}": {"i": i} for i in range(50)})
     for i in range(50):
         assert await tiered.get_config(f"b{i}") == {"i": i}
     assert len(local) <= 10
@@ -192,7 +192,7 @@ async def test_the_local_tier_is_bounded(make_tiered) -> None:
 
 async def test_lru_keeps_recently_hit_bots(make_tiered) -> None:
     local = LocalCache(maxsize=3, ttl=30)
-    tiered, store = await make_tiered(local=local, seed={b: {} for b in "abcd"})
+    tiered, _store = await make_tiered(local=local, seed={b: {} for b in "abcd"})
     for b in "abc":
         await tiered.get_config(b)
     await tiered.get_config("a")  # a hot-path hit...
@@ -215,7 +215,7 @@ async def test_local_hits_count_as_accesses_in_the_store(make_tiered) -> None:
 
 
 async def test_peek_config_is_not_an_access_even_from_the_cache(make_tiered) -> None:
-    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    tiered, _store = await make_tiered(seed={"bot": {"v": 1}})
     await tiered.flush_accesses()
     (before,) = await tiered.list_all()
     await tiered.peek_config("bot")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tiered_registry import InMemoryBackend, RegistryBackend
+from tiered_registry import InMemoryBackend, LocalCache, RegistryBackend, TieredBackend
 from tiered_registry.base import BackendBase
 
 
@@ -46,6 +46,10 @@ class StackSpec:
 
 STACKS: dict[str, StackSpec] = {
     "memory": StackSpec(lambda services, ns: InMemoryBackend(), shared=False),
+    "local+memory": StackSpec(
+        lambda services, ns: TieredBackend(tiers=[LocalCache(maxsize=1000, ttl=30)], store=InMemoryBackend()),
+        shared=False,
+    ),
 }
 
 BuildBackend = Callable[[str], Awaitable[BackendBase]]
