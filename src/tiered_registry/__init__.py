@@ -14,6 +14,7 @@ from .errors import (
     InvalidTypeError,
     RegistryError,
 )
+from .factory import create_backend
 from .frozen import FrozenDict, FrozenList, freeze, thaw
 from .models import Registration
 from .protocol import RegistryBackend
@@ -48,6 +49,7 @@ __all__ = [
     "RegistryError",
     "SortSpec",
     "TieredBackend",
+    "create_backend",
     "freeze",
     "thaw",
 ]
