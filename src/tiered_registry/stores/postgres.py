@@ -1,0 +1,545 @@
+"""``PostgresBackend``: the durable store, one row per bot in one PostgreSQL table (asyncpg).
+
+Design notes (the why):
+
+- Every write is ONE statement (an ``INSERT ... ON CONFLICT ... RETURNING`` upsert, an
+  ``UPDATE``/``DELETE ... RETURNING``), so a failed write changes nothing and concurrent writers
+  of one bot always leave a whole record.
+- Values only ever travel as bind parameters; the only names spliced into SQL are the table and
+  schema, which are checked against an identifier pattern and quoted.
+- ``bot_id`` and ``status`` are ``COLLATE "C"``: code-point order, the order Python's ``sorted``
+  gives, whatever the database's locale. Sorting and keyset paging then agree with
+  :class:`~tiered_registry.query.Query` and can use the primary key.
+- JSON crosses the wire as text (``config::text`` out, ``$n::text::jsonb`` in) and is parsed with
+  orjson here, instead of through a connection-level jsonb codec: the server does the same work
+  either way (``jsonb_out``/``jsonb_in``), and a pool passed in by the caller then works whatever
+  codecs it has (or has not) registered.
+- ``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
+  costs no write; one ``UPDATE`` per flush touches only that column.
+- The pool we create skips asyncpg's per-release session reset (``RESET ALL``, ``UNLISTEN *``,
+  ...; one extra round trip per query): no statement here changes session state — no ``SET``,
+  ``LISTEN``, session advisory lock or cursor outside a transaction — and asyncpg still rolls
+  back a transaction left open by a cancelled task before it reuses the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
+from ..base import BackendBase
+from ..codec import dumps, loads
+from ..errors import BackendUnavailableError, ConfigurationError
+from ..frozen import FrozenDict, freeze
+from ..models import Registration, utcnow
+from ..query import Query, SortKey
+from ._pglease import Connection, LeasedConnections
+
+__all__ = ["PostgresBackend"]
+
+T = TypeVar("T")
+
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MAX_IDENTIFIER: Final = 63
+
+# Driver errors that mean "the server could not be reached or failed", as opposed to a bug.
+_UNAVAILABLE: Final = (
+    OSError,  # refused, reset, unreachable; TimeoutError (command_timeout) is an OSError too
+    asyncpg.PostgresConnectionError,  # connection lost / does not exist
+    asyncpg.InterfaceError,  # pool or connection closed under us
+    asyncpg.OperatorInterventionError,  # admin/crash shutdown, cannot connect now, query canceled
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full, out of memory
+    asyncpg.InvalidAuthorizationSpecificationError,  # bad user/password when (re)connecting
+    asyncpg.InvalidCatalogNameError,  # database does not exist when (re)connecting
+)
+
+_COLUMNS: Final = "bot_id, config::text, status, metadata::text, created_at, updated_at, last_accessed_at"
+# jsonb type ranks of query.py: null < string < number < boolean < array < object
+_JSON_RANK: Final = (
+    "CASE jsonb_typeof(metadata -> {k}) WHEN 'null' THEN 0 WHEN 'string' THEN 1 WHEN 'number' THEN 2"
+    " WHEN 'boolean' THEN 3 WHEN 'array' THEN 4 ELSE 5 END"
+)
+
+
+async def _keep_session(connection: object) -> None:
+    """Pool ``reset`` hook: nothing to undo (see the module notes), so skip the round trip."""
+
+
+def _quote(identifier: str) -> str:
+    return f'"{identifier}"'
+
+
+def _check_identifier(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise ConfigurationError(
+            f"{what} must match {_IDENTIFIER.pattern} (letters, digits, underscore), got {value!r}"
+        )
+    return value
+
+
+def _index_name(table: str, suffix: str) -> str:
+    """``<table>_<suffix>``, shortened with a hash when PostgreSQL would truncate it (63 bytes)."""
+    name = f"{table}_{suffix}"
+    if len(name) <= _MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[: _MAX_IDENTIFIER - len(suffix) - 10]}_{digest}_{suffix}"
+
+
+def _is_password_key(key: str) -> bool:
+    return key.lower() in ("password", "sslpassword")
+
+
+def _mask_dsn(dsn: str) -> str:
+    """The DSN with any password (in the userinfo or a ``password=`` parameter) replaced by ***."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = "&".join(
+        f"{item.partition('=')[0]}=***" if _is_password_key(item.partition("=")[0]) else item
+        for item in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets(dsn: str) -> list[str]:
+    """Every spelling of the passwords in ``dsn`` (to scrub them from error messages)."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(dsn)
+        if parts.password:
+            found.append(parts.password)
+        for item in parts.query.split("&"):
+            key, _, value = item.partition("=")
+            if _is_password_key(key) and value:
+                found.append(value)
+    except ValueError:
+        return []
+    return [s for raw in found for s in {raw, unquote(raw)} if s]
+
+
+class _Sql:
+    """Bind parameters of one statement under construction: ``add(value)`` returns ``$n``."""
+
+    __slots__ = ("params",)
+
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+
+class PostgresBackend(BackendBase):
+    """A registry in one PostgreSQL table, created on :meth:`initialize` if missing.
+
+    ``dsn_or_pool`` is a ``postgresql://`` DSN (the backend then owns its pool of
+    ``min_size``..``max_size`` connections) or an existing ``asyncpg.Pool`` (used as is, and
+    never closed by :meth:`close`: whoever created it closes it). ``command_timeout`` bounds each
+    statement and ``connect_timeout`` each connection attempt, in seconds (an own pool only).
+    ``access_flush_interval`` is the staleness bound of ``last_accessed_at``: ``get`` returns the
+    stored value, which may lag the reads not yet flushed by up to that many seconds.
+
+    Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
+    error as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | asyncpg.Pool[Any],
+        *,
+        table: str = "bot_registrations",
+        schema: str = "public",
+        access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
+        command_timeout: float | None = 10.0,
+        connect_timeout: float = 5.0,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._table = _check_identifier(table, "table")
+        self._schema = _check_identifier(schema, "schema")
+        if isinstance(dsn_or_pool, asyncpg.Pool):
+            self._dsn: str | None = None
+            self._pool: asyncpg.Pool[Any] | None = dsn_or_pool
+            self._owns_pool = False
+        elif isinstance(dsn_or_pool, str):
+            if urlsplit(dsn_or_pool).scheme not in ("postgres", "postgresql"):
+                raise ConfigurationError(
+                    f"expected a postgresql:// DSN or an asyncpg.Pool, got {_mask_dsn(dsn_or_pool)!r}"
+                )
+            self._dsn = dsn_or_pool
+            self._pool = None
+            self._owns_pool = True
+        else:
+            raise ConfigurationError(
+                f"expected a postgresql:// DSN or an asyncpg.Pool, got {type(dsn_or_pool).__name__}"
+            )
+        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+            raise ConfigurationError(f"min_size must be an int >= 0, got {min_size!r}")
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < max(1, min_size):
+            raise ConfigurationError(f"max_size must be an int >= max(1, min_size), got {max_size!r}")
+        if command_timeout is not None and not command_timeout > 0:
+            raise ConfigurationError(f"command_timeout must be positive or None, got {command_timeout!r}")
+        if not connect_timeout > 0:
+            raise ConfigurationError(f"connect_timeout must be positive, got {connect_timeout!r}")
+        if not access_flush_interval > 0:
+            raise ConfigurationError(f"access_flush_interval must be positive, got {access_flush_interval!r}")
+        self._command_timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._min_size = min_size
+        self._max_size = max_size
+        self._secrets = _secrets(self._dsn) if self._dsn else []
+        self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
+        self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
+        self._lease: LeasedConnections | None = None
+
+        t = self.qualified_table
+        self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE bot_id = $1"
+        self._sql_get_config = f"SELECT config::text FROM {t} WHERE bot_id = $1"
+        self._sql_exists = f"SELECT status = 'active' FROM {t} WHERE bot_id = $1"
+        self._sql_register = (
+            f"INSERT INTO {t} AS r"
+            " (bot_id, config, status, metadata, created_at, updated_at, last_accessed_at)"
+            " VALUES ($1, $2::text::jsonb, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $5, $5)"
+            " ON CONFLICT (bot_id) DO UPDATE SET config = EXCLUDED.config, status = EXCLUDED.status,"
+            " metadata = COALESCE($4::text::jsonb, r.metadata), updated_at = EXCLUDED.updated_at"
+            " RETURNING created_at, last_accessed_at, CASE WHEN $4::text IS NULL THEN metadata::text END"
+        )
+        self._sql_deactivate = (
+            f"UPDATE {t} SET status = 'inactive', updated_at = $2 WHERE bot_id = $1 RETURNING true"
+        )
+        self._sql_unregister = f"DELETE FROM {t} WHERE bot_id = $1 RETURNING true"
+        self._sql_touch = (
+            f"UPDATE {t} SET last_accessed_at = $2 WHERE bot_id = ANY($1::text[]) AND last_accessed_at < $2"
+        )
+        self._sql_list_ids = f"SELECT bot_id FROM {t} WHERE status = 'active' ORDER BY bot_id"
+
+    def __repr__(self) -> str:
+        source = f"dsn={_mask_dsn(self._dsn)!r}" if self._dsn is not None else "pool=<caller's asyncpg.Pool>"
+        return f"PostgresBackend({source}, table={self.qualified_table!r})"
+
+    @property
+    def qualified_table(self) -> str:
+        """The quoted ``"schema"."table"`` this backend keeps its rows in."""
+        return f"{_quote(self._schema)}.{_quote(self._table)}"
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> asyncpg.Pool[Any]:
+        pool = self._pool
+        if pool is None:  # only reachable if a subclass bypasses BackendBase's open check
+            raise BackendUnavailableError(f"{self!r} has no connection pool")
+        return pool
+
+    async def _call(self, doing: str, op: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run one statement on a leased connection (or a pool checkout for a caller's pool)."""
+        try:
+            lease = self._lease
+            if lease is None:
+                async with self._db.acquire() as pooled:
+                    return await op(pooled)
+            conn = await lease.take()
+            try:
+                result = await op(conn)
+            except BaseException:
+                await lease.discard(conn)
+                raise
+            await lease.give(conn)
+            return result
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc, doing) from exc
+
+    async def _fetchval(self, doing: str, sql: str, *args: Any) -> Any:
+        return await self._call(doing, lambda conn: conn.fetchval(sql, *args))
+
+    async def _fetchrow(self, doing: str, sql: str, *args: Any) -> Any:
+        return await self._call(doing, lambda conn: conn.fetchrow(sql, *args))
+
+    async def _fetch(self, doing: str, sql: str, *args: Any) -> list[Any]:
+        return await self._call(doing, lambda conn: conn.fetch(sql, *args))
+
+    async def _execute(self, doing: str, sql: str, *args: Any) -> None:
+        await self._call(doing, lambda conn: conn.execute(sql, *args))
+
+    def _unavailable(self, exc: BaseException, doing: str = "query") -> BackendUnavailableError:
+        message = f"PostgreSQL unavailable for {self!r} ({doing}): {type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return BackendUnavailableError(message)
+
+    @staticmethod
+    def _decode(row: Sequence[Any]) -> Registration:
+        return Registration.from_trusted(row[0], loads(row[1]), row[2], loads(row[3]), row[4], row[5], row[6])
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def _initialize(self) -> None:
+        async with self._init_lock:
+            await self._open()
+
+    async def _open(self) -> None:
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    command_timeout=self._command_timeout,
+                    timeout=self._connect_timeout,
+                    reset=_keep_session,
+                )
+            except _UNAVAILABLE as exc:
+                raise self._unavailable(exc, "connect") from exc
+        try:
+            await self._create_table()
+        except BaseException:
+            if self._owns_pool:
+                await self._release_pool()
+            raise
+        if self._owns_pool and self._lease is None:
+            assert self._pool is not None
+            self._lease = LeasedConnections(self._pool, self._max_size)
+        self._recorder.start()
+
+    async def _create_table(self) -> None:
+        """Create schema, table and indexes if missing; safe when several processes race here.
+
+        DDL runs under a transaction-scoped advisory lock keyed on the table name, and only when
+        the table is missing (checked first without the lock, then again under it), so a role
+        with only DML rights can use a table created beforehand.
+        """
+        t = self.qualified_table
+        ddl = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            ' bot_id text COLLATE "C" PRIMARY KEY,'
+            " config jsonb NOT NULL,"
+            " status text COLLATE \"C\" NOT NULL DEFAULT 'active'"
+            " CHECK (status IN ('active', 'inactive', 'error')),"
+            " metadata jsonb NOT NULL DEFAULT '{}'::jsonb,"
+            " created_at timestamptz NOT NULL,"
+            " updated_at timestamptz NOT NULL,"
+            " last_accessed_at timestamptz NOT NULL);"
+            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(self._table, 'status'))}"
+            f" ON {t} (status, bot_id);"
+            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(self._table, 'metadata'))}"
+            f" ON {t} USING gin (metadata jsonb_path_ops);"
+        )
+        exists_sql = "SELECT to_regclass($1) IS NOT NULL"
+        try:
+            async with self._db.acquire() as conn:
+                if await conn.fetchval(exists_sql, t):
+                    return
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tiered_registry:{t}"
+                    )
+                    if await conn.fetchval(exists_sql, t):
+                        return  # another process created it while we waited
+                    schema = _quote(self._schema)
+                    if not await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", schema):
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                            f"tiered_registry:{schema}",
+                        )
+                        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                    await conn.execute(ddl)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc, "create table") from exc
+
+    async def _close(self) -> None:
+        await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
+        if self._lease is not None:
+            await self._lease.close()
+        if self._owns_pool:
+            await self._release_pool()
+
+    async def _release_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._connect_timeout)
+        except (TimeoutError, *_UNAVAILABLE):
+            pool.terminate()
+
+    async def drop(self) -> None:
+        """Drop this backend's table (and its indexes) for good: for tests and decommissioning.
+
+        Pending access times are discarded. The backend stays open but has no table any more:
+        close it (a new backend's ``initialize`` would create the table again).
+        """
+        self._check_open()
+        self._recorder.pending.clear()
+        await self._execute("drop table", f"DROP TABLE IF EXISTS {self.qualified_table}")
+
+    async def flush_accesses(self) -> None:
+        """Write pending ``last_accessed_at`` updates now (one ``UPDATE``)."""
+        await self._recorder.flush()
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    async def _register(
+        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
+    ) -> Registration:
+        now = utcnow()
+        metadata_json = None if metadata is None else dumps(metadata).decode()
+        row = await self._fetchrow(
+            "register", self._sql_register, bot_id, dumps(config).decode(), status, metadata_json, now
+        )
+        assert row is not None  # an upsert always returns its row
+        created_at, last_accessed_at, stored_metadata = row
+        if metadata is None:
+            metadata = freeze(loads(stored_metadata))
+        return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
+
+    async def _deactivate(self, bot_id: str) -> bool:
+        return await self._fetchval("deactivate", self._sql_deactivate, bot_id, utcnow()) is True
+
+    async def _unregister(self, bot_id: str) -> bool:
+        return await self._fetchval("unregister", self._sql_unregister, bot_id) is True
+
+    async def _clear(self) -> None:
+        await self._execute("clear", f"DELETE FROM {self.qualified_table}")
+
+    async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        """One statement for the whole batch; touches only ``last_accessed_at``, never moves it back."""
+        await self._execute("record accesses", self._sql_touch, list(bot_ids), at)
+
+    # ---- point reads -----------------------------------------------------------------------
+
+    async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
+        row = await self._fetchrow("get", self._sql_get, bot_id)
+        if row is None:
+            return None
+        if touch:
+            self._recorder.record(bot_id)
+        return self._decode(row)
+
+    async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
+        text = await self._fetchval("get_config", self._sql_get_config, bot_id)
+        if text is None:
+            return None
+        if touch:
+            self._recorder.record(bot_id)
+        return freeze(loads(text))
+
+    async def _exists(self, bot_id: str) -> bool:
+        return await self._fetchval("exists", self._sql_exists, bot_id) is True
+
+    # ---- lists and counts ------------------------------------------------------------------
+
+    def _where(self, query: Query, sql: _Sql) -> list[str]:
+        """``status`` equality, and per-key jsonb EQUALITY for ``filter_metadata``.
+
+        Containment (``@>``) alone is not equality (``["x"]`` is contained in ``["x", "y"]``), so
+        it only narrows the rows through the GIN index; ``metadata -> key = value`` decides.
+        """
+        clauses: list[str] = []
+        if query.status is not None:
+            clauses.append(f"status = {sql.add(query.status)}")
+        if query.filter_metadata:
+            clauses.append(f"metadata @> {sql.add(dumps(query.filter_metadata).decode())}::text::jsonb")
+            for key, value in query.filter_metadata.items():
+                k, v = sql.add(key), sql.add(dumps(value).decode())
+                clauses.append(f"metadata -> {k}::text = {v}::text::jsonb")
+        return clauses
+
+    @staticmethod
+    def _order_by(sort: Sequence[SortKey], sql: _Sql) -> tuple[list[str], list[str]]:
+        """ORDER BY terms matching ``Query.order``, and the metadata keys sorted on.
+
+        A metadata key sorts present-before-missing in both directions, then by jsonb type rank,
+        then by the value of its type (strings in code-point order). Arrays and objects are
+        ordered differently by PostgreSQL and by ``Query.order`` (see :meth:`_select`).
+        """
+        terms: list[str] = []
+        keys: list[str] = []
+        for key in sort:
+            direction = " DESC" if key.descending else ""
+            if key.metadata_key is None:
+                terms.append(f"{key.field}{direction}")
+                continue
+            k = f"{sql.add(key.metadata_key)}::text"
+            keys.append(k)
+            typ = f"jsonb_typeof(metadata -> {k})"
+            terms += [
+                f"(metadata ? {k}) DESC",
+                _JSON_RANK.format(k=k) + direction,
+                f"(CASE WHEN {typ} = 'string' THEN metadata ->> {k} END) COLLATE \"C\"{direction}",
+                f"(CASE WHEN {typ} = 'number' THEN (metadata -> {k})::numeric END){direction}",
+                f"(CASE WHEN {typ} = 'boolean' THEN (metadata -> {k})::boolean END){direction}",
+            ]
+        terms.append("bot_id")
+        return terms, keys
+
+    async def _select(self, query: Query) -> list[Registration]:
+        sql = _Sql()
+        where = self._where(query, sql)
+        order, metadata_keys = self._order_by(query.sort, sql)
+        columns = _COLUMNS
+        if metadata_keys:
+            # Before LIMIT: does any matching row hold an array/object under a sort key?
+            nested = " OR ".join(
+                f"jsonb_typeof(metadata -> {k}) IN ('array', 'object')" for k in metadata_keys
+            )
+            columns += f", bool_or({nested}) OVER ()"
+        text = f"SELECT {columns} FROM {self.qualified_table}"
+        if where:
+            text += " WHERE " + " AND ".join(where)
+        text += " ORDER BY " + ", ".join(order)
+        if query.limit is not None:
+            text += f" LIMIT {sql.add(query.limit)}"
+        if query.offset:
+            text += f" OFFSET {sql.add(query.offset)}"
+        rows = await self._fetch("list", text, *sql.params)
+        if metadata_keys and rows and rows[0][7]:
+            # Rare: jsonb orders arrays/objects by size first, Query.order by their JSON text.
+            # Sort the whole filtered set in Python so every backend returns the same list.
+            matching = await self._select(Query(status=query.status, filter_metadata=query.filter_metadata))
+            return query.page(query.order(matching))
+        return [self._decode(row) for row in rows]
+
+    async def _count(self, query: Query) -> int:
+        sql = _Sql()
+        where = self._where(query, sql)
+        text = f"SELECT count(*) FROM {self.qualified_table}"
+        if where:
+            text += " WHERE " + " AND ".join(where)
+        return int(await self._fetchval("count", text, *sql.params))
+
+    async def _list_ids(self) -> list[str]:
+        rows = await self._fetch("list_ids", self._sql_list_ids)
+        return [row[0] for row in rows]
+
+    async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
+        """Keyset pagination on ``bot_id``: bounded memory, and no connection held between batches."""
+        sql = _Sql()
+        where = self._where(query, sql)
+        prefix = f"SELECT {_COLUMNS} FROM {self.qualified_table} WHERE "
+        limit = sql.add(batch_size)
+        last = sql.add("")
+        first_text = prefix + " AND ".join(where or ["true"]) + f" ORDER BY bot_id LIMIT {limit}"
+        next_text = prefix + " AND ".join([*where, f"bot_id > {last}"]) + f" ORDER BY bot_id LIMIT {limit}"
+        rows = await self._fetch("stream", first_text, *sql.params[:-1])
+        while rows:
+            for row in rows:
+                yield self._decode(row)
+            if len(rows) < batch_size:
+                return
+            params = [*sql.params[:-1], rows[-1][0]]
+            rows = await self._fetch("stream", next_text, *params)
