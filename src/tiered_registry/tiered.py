@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
@@ -38,6 +38,9 @@ from .query import Query
 from .tiers.base import ABSENT, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
+
+if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only when used
+    from .coherence import InvalidationChannel
 
 __all__ = ["TieredBackend"]
 
@@ -71,7 +74,12 @@ class TieredBackend(BackendBase):
         tiers: Sequence[CacheTier],
         store: BackendBase,
         access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
+        coherence: InvalidationChannel | bool | None = None,
     ) -> None:
+        """``coherence``: ``None`` (default) invalidates other processes' local tiers over Redis
+        pub/sub whenever the stack has a local tier and a Redis tier or store; ``False`` turns that
+        off; or pass a configured :class:`~tiered_registry.coherence.InvalidationChannel`.
+        """
         tiers = list(tiers)
         if not isinstance(store, BackendBase):
             raise ConfigurationError(f"store must be a tiered_registry backend, got {type(store).__name__}")
@@ -94,6 +102,8 @@ class TieredBackend(BackendBase):
         self._store_reads = 0
         self._store_errors = 0
         self._names = _tier_names(tiers)
+        self._closing = False
+        self._coherence = _coherence_for(coherence, tiers, store) if self._local is not None else None
 
     def __repr__(self) -> str:
         return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
@@ -113,11 +123,17 @@ class TieredBackend(BackendBase):
         for tier in self._tiers:
             await tier.initialize()
         self._recorder.start()
-        if self._local is not None:
+        if self._coherence is not None:
+            # The local tier is used only while the channel is up (see _coherence_changed).
+            await self._coherence.start(self._remote_invalidation, self._coherence_changed)
+        elif self._local is not None:
             self._hot = self._local.entries
 
     async def _close(self) -> None:
+        self._closing = True
         self._hot = _NO_ENTRIES
+        if self._coherence is not None:
+            await self._coherence.stop()
         await self._recorder.stop()
         for flight in list(self._flights.values()):
             if flight.task is not None and not flight.task.done():
@@ -241,6 +257,8 @@ class TieredBackend(BackendBase):
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.set(bot_id, record)
+        if self._coherence is not None:
+            await self._coherence.publish(bot_id)
         return record
 
     async def _invalidate(self, bot_id: str) -> None:
@@ -256,6 +274,8 @@ class TieredBackend(BackendBase):
         if self._local is not None:
             self._local.stats.invalidations += 1
             self._local.delete(bot_id)
+        if self._coherence is not None:
+            await self._coherence.publish(bot_id)
 
     async def _deactivate(self, bot_id: str) -> bool:
         existed = await self._store._deactivate(bot_id)
@@ -276,11 +296,35 @@ class TieredBackend(BackendBase):
                 await tier.clear()
             except TIER_FAILURES as exc:
                 self._tier_failed(tier, "clear", exc)
+        self._forget_everything_local()
+        if self._coherence is not None:
+            await self._coherence.publish(None)
+
+    # ---- cross-process coherence -----------------------------------------------------------------
+
+    def _forget_everything_local(self) -> None:
         for flight in self._flights.values():
             flight.stale = True
         self._flights.clear()
         if self._local is not None:
-            await self._local.clear()
+            self._local.stats.invalidations += 1
+            self._local.delete_all()
+
+    def _remote_invalidation(self, bot_id: str | None) -> None:
+        """Another process wrote ``bot_id`` (``None``: cleared everything)."""
+        if bot_id is None:
+            self._forget_everything_local()
+            return
+        self._mark_stale(bot_id)
+        if self._local is not None:
+            self._local.stats.invalidations += 1
+            self._local.delete(bot_id)
+
+    def _coherence_changed(self, up: bool) -> None:
+        """Channel down: flush and bypass the local tier. Up again: flush (messages may be lost), use it."""
+        self._forget_everything_local()
+        if self._local is not None and not self._closing:
+            self._hot = self._local.entries if up else _NO_ENTRIES
 
     # ---- lists go to the store ---------------------------------------------------------------
 
@@ -332,6 +376,32 @@ class TieredBackend(BackendBase):
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
         tier.stats.errors += 1
         logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
+
+
+def _coherence_for(
+    setting: InvalidationChannel | bool | None, tiers: Sequence[CacheTier], store: BackendBase
+) -> InvalidationChannel | None:
+    if setting is False:
+        return None
+    if setting is not None and setting is not True:
+        from .coherence import InvalidationChannel
+
+        if isinstance(setting, InvalidationChannel):
+            return setting
+        raise ConfigurationError(f"coherence must be None, a bool or an InvalidationChannel, got {setting!r}")
+    for part in (*tiers, store):
+        get_source = getattr(part, "invalidation_source", None)
+        found = get_source() if get_source is not None else None
+        if found is not None:
+            from .coherence import InvalidationChannel
+
+            source, namespace = found
+            return InvalidationChannel(source, namespace=namespace)
+    if setting is True:
+        raise ConfigurationError(
+            "coherence=True needs a Redis tier or store (or pass an InvalidationChannel)"
+        )
+    return None
 
 
 def _tier_names(tiers: Sequence[CacheTier]) -> list[str]:

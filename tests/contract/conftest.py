@@ -14,6 +14,9 @@ import pytest
 
 from tiered_registry import InMemoryBackend, LocalCache, RegistryBackend, TieredBackend
 from tiered_registry.base import BackendBase
+from tiered_registry.stores.postgres import PostgresBackend
+from tiered_registry.stores.redis import RedisBackend
+from tiered_registry.tiers.redis import RedisCache
 
 
 class Services:
@@ -35,6 +38,17 @@ async def _clear(backend: BackendBase) -> None:
     await backend.clear()
 
 
+async def _drop_table(backend: BackendBase) -> None:
+    """Postgres: drop the test's own table, so a run leaves nothing behind."""
+    assert isinstance(backend, PostgresBackend)
+    await backend.drop()
+
+
+def _postgres(services: Services, namespace: str) -> BackendBase:
+    """A PostgresBackend on its own table (``teardown`` drops it)."""
+    return PostgresBackend(services.database_url, table=namespace, access_flush_interval=0.1)
+
+
 @dataclass(frozen=True)
 class StackSpec:
     build: Callable[[Services, str], BackendBase]
@@ -44,11 +58,44 @@ class StackSpec:
     teardown: Callable[[BackendBase], Awaitable[None]] = _clear
 
 
+async def _teardown_stack(backend: BackendBase) -> None:
+    """A stack: clear every tier and the store, then drop the store's table if it has one."""
+    assert isinstance(backend, TieredBackend)
+    await backend.clear()
+    drop = getattr(backend.store, "drop", None)
+    if drop is not None:
+        await drop()
+
+
+def _redis_cache(services: Services, namespace: str) -> RedisCache:
+    return RedisCache(services.redis_url, ttl=60, namespace=namespace)
+
+
 STACKS: dict[str, StackSpec] = {
+    "postgres": StackSpec(_postgres, teardown=_drop_table),
     "memory": StackSpec(lambda services, ns: InMemoryBackend(), shared=False),
+    "redis": StackSpec(
+        lambda services, ns: RedisBackend(services.redis_url, namespace=ns, access_flush_interval=0.1)
+    ),
     "local+memory": StackSpec(
         lambda services, ns: TieredBackend(tiers=[LocalCache(maxsize=1000, ttl=30)], store=InMemoryBackend()),
         shared=False,
+    ),
+    "local+postgres": StackSpec(
+        lambda services, ns: TieredBackend(tiers=[LocalCache(ttl=30)], store=_postgres(services, ns)),
+        shared=False,  # no Redis, so no cross-process invalidation: the local TTL bounds staleness
+        teardown=_teardown_stack,
+    ),
+    "redis-cache+postgres": StackSpec(
+        lambda services, ns: TieredBackend(tiers=[_redis_cache(services, ns)], store=_postgres(services, ns)),
+        teardown=_teardown_stack,
+    ),
+    "local+redis-cache+postgres": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30), _redis_cache(services, ns)], store=_postgres(services, ns)
+        ),
+        shared=False,  # other processes see writes after a pub/sub round trip: see test_coherence.py
+        teardown=_teardown_stack,
     ),
 }
 
@@ -64,19 +111,28 @@ def stack(request: pytest.FixtureRequest) -> StackSpec:
 async def build_backend(stack: StackSpec, request: pytest.FixtureRequest) -> AsyncIterator[BuildBackend]:
     """Build (and initialize) more backends of the stack under test; all cleaned up afterwards."""
     services = Services(request)
-    built: list[BackendBase] = []
+    built: dict[str, list[BackendBase]] = {}
 
     async def build(namespace: str) -> BackendBase:
         backend = stack.build(services, namespace)
-        built.append(backend)
+        built.setdefault(namespace, []).append(backend)
         await backend.initialize()
         return backend
 
     yield build
-    for backend in reversed(built):
-        if backend.is_open:
-            await stack.teardown(backend)
-            await backend.close()
+    # Per namespace: close the extra instances, then let one open instance remove what the test
+    # left (a fresh one if the test closed them all), so nothing stays behind on the servers.
+    for namespace, backends in built.items():
+        still_open = [b for b in backends if b.is_open]
+        for extra in still_open[:-1]:
+            await extra.close()
+        if still_open:
+            keeper = still_open[-1]
+        else:
+            keeper = stack.build(services, namespace)
+            await keeper.initialize()
+        await stack.teardown(keeper)
+        await keeper.close()
 
 
 @pytest.fixture

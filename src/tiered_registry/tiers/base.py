@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import asdict, dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from ..models import Registration
 
@@ -52,6 +52,10 @@ class CacheTier(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = TierStats()
+
+    def invalidation_source(self) -> tuple[Any, str] | None:
+        """``(redis url or client, namespace)`` of a tier in Redis (for cross-process invalidation)."""
+        return None
 
     async def initialize(self) -> None:  # noqa: B027 - optional hook
         """Connect (idempotent)."""

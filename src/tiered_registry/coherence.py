@@ -1,0 +1,214 @@
+"""Cross-process invalidation of local tiers over Redis pub/sub.
+
+Every process has its own :class:`~tiered_registry.LocalCache`; when one process writes a bot, the
+others must stop serving their copy. After a write has committed (store, then the shared tiers), the
+writer publishes ``{"s": sender, "n": seq, "k": bot_id}`` (``"k": null`` = everything, after
+``clear()``) on ``{namespace}:invalidations``. Every other process's listener drops that key from
+its local tier and marks the key's in-flight read stale, so a read that started before the message
+cannot put the old value back. A process ignores its own messages (it updated its tier itself).
+
+Why pub/sub and not Redis client-side caching (``CLIENT TRACKING ... BCAST``)? Tracking needs
+RESP3 push handling on the connection that reads, which redis-py's asyncio client does not expose
+for a separate invalidation connection; plain pub/sub works with every Redis and Valkey version,
+is one extra PUBLISH per write, and its failure modes are simple to detect.
+
+Lost messages. Pub/sub delivers at most once: what is published while the subscriber is
+disconnected is gone. So the listener treats its connection as the source of trust:
+
+- any error on it (``CLIENT KILL``, a Redis restart) — and a liveness check that PINGs the
+  subscriber connection every ``ping_interval`` seconds and gives up after ``ping_timeout`` without
+  a reply (a silent drop) — reports the channel *down*: the backend flushes its local tier and
+  bypasses it (reads go to the shared tiers and the store);
+- the listener reconnects with backoff; once subscribed again it reports *up*: the backend flushes
+  the local tier once more (messages may have been lost in between) and uses it again.
+
+Staleness bound: with the channel up, a process serves an old value for about one pub/sub round
+trip after the writer's commit. If messages are lost without the connection noticing, at most
+``ping_interval + ping_timeout`` seconds pass before the flush, and in every case no local entry
+outlives its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from .errors import BackendUnavailableError
+from .redis_client import make_client, map_redis_errors, redact_url, validate_namespace
+
+__all__ = ["InvalidationChannel"]
+
+logger = logging.getLogger(__name__)
+
+OnInvalidate = Callable[[str | None], None]
+OnState = Callable[[bool], None]
+_MAX_BACKOFF: Final = 2.0
+
+
+class InvalidationChannel:
+    """Publishes this process's invalidations and listens for everyone else's."""
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        *,
+        namespace: str = "tiered_registry",
+        channel: str | None = None,
+        ping_interval: float = 1.0,
+        ping_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        self.namespace = validate_namespace(namespace)
+        self.channel = channel or f"{{{self.namespace}}}:invalidations"
+        self.sender = uuid.uuid4().hex
+        self.subscriber_name = f"tiered-registry-sub-{self.namespace}-{self.sender[:8]}"
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.connect_timeout = connect_timeout
+        self._source = url_or_client
+        self._publisher: Any = None
+        self._owned = False
+        self._seq = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._on_invalidate: OnInvalidate = lambda key: None
+        self._on_state: OnState = lambda up: None
+        self._up = False
+        self._first_subscribe = asyncio.Event()
+        self.received = 0
+        self.published = 0
+        self.publish_errors = 0
+        self.drops = 0
+
+    def __repr__(self) -> str:
+        source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
+        return f"InvalidationChannel({source!r}, channel={self.channel!r})"
+
+    @property
+    def is_up(self) -> bool:
+        """True while subscribed: only then may the local tier be trusted."""
+        return self._up
+
+    async def start(self, on_invalidate: OnInvalidate, on_state: OnState) -> None:
+        """Start listening; waits up to ``connect_timeout`` for the first subscription."""
+        if self._task is not None:
+            return
+        self._on_invalidate = on_invalidate
+        self._on_state = on_state
+        self._publisher, self._owned = make_client(self._source)
+        self._task = asyncio.get_running_loop().create_task(self._listen(), name="tiered-registry-coherence")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_subscribe.wait(), self.connect_timeout)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._up = False
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None and self._owned:
+            await publisher.aclose()
+
+    async def publish(self, bot_id: str | None) -> None:
+        """Tell the other processes that ``bot_id`` (``None``: everything) changed."""
+        message = orjson.dumps({"s": self.sender, "n": next(self._seq), "k": bot_id})
+        try:
+            async with map_redis_errors("invalidation publish"):
+                await self._publisher.publish(self.channel, message)
+        except BackendUnavailableError:
+            # The other processes' subscribers are most likely down too (and flushing); if not,
+            # their local TTL bounds the staleness. Count it and go on: the write itself succeeded.
+            self.publish_errors += 1
+            logger.warning("could not publish the invalidation of %r", bot_id, exc_info=True)
+            return
+        self.published += 1
+
+    # ---- the listener ---------------------------------------------------------------------------
+
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
+            self._up = up
+            if not up:
+                self.drops += 1
+            self._on_state(up)
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._subscribe_and_read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("invalidation channel %s lost (%r); local tier bypassed", self.channel, exc)
+            self._set_up(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _subscribe_and_read(self) -> None:
+        # A dedicated client without retries: an error must reach us, not be papered over by a
+        # silent reconnect that would lose the messages published in between.
+        if isinstance(self._source, str):
+            client, owned = make_client(
+                self._source,
+                retries=0,
+                socket_timeout=None,
+                connect_timeout=self.connect_timeout,
+                client_name=self.subscriber_name,
+            )
+        else:  # a client passed in: its pool lends the subscriber a connection of its own
+            client, owned = self._source, False
+        pubsub = client.pubsub()
+        try:
+            async with map_redis_errors("invalidation subscribe"):
+                await pubsub.subscribe(self.channel)
+                await self._read(pubsub)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            if owned:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _read(self, pubsub: Any) -> None:
+        last_heard = time.monotonic()
+        ping_sent: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=self.ping_interval)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                ping_sent = None
+                kind = message["type"]
+                if kind == "subscribe":
+                    self._set_up(True)
+                    self._first_subscribe.set()
+                elif kind == "message":
+                    self._handle(message["data"])
+                continue
+            if ping_sent is None and now - last_heard >= self.ping_interval:
+                await pubsub.ping()
+                ping_sent = now
+            elif ping_sent is not None and now - ping_sent > self.ping_timeout:
+                raise BackendUnavailableError(f"no reply to PING within {self.ping_timeout}s")
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            sender, key = message["s"], message["k"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            logger.warning("ignoring a malformed invalidation message on %s", self.channel)
+            return
+        if sender == self.sender:
+            return
+        self.received += 1
+        self._on_invalidate(key)

@@ -1,0 +1,190 @@
+"""``RedisCache``: a Redis tier shared by every process, with a TTL on every key.
+
+Keys (all under the hash tag ``{namespace}``, so a cluster keeps a namespace in one slot):
+
+- ``{ns}:c:<bot_id>`` — the cached registration (the library's one codec) or ``null`` for a
+  remembered miss; expires after ``ttl`` (``negative_ttl`` for a miss).
+- ``{ns}:v:<bot_id>`` — the key's version, incremented by every write-through and invalidation.
+- ``{ns}:epoch`` — incremented by ``clear()``.
+
+A lookup reads value, version and epoch in one ``MGET``; a fill after a read of the store is a
+small Lua script that writes only if version and epoch are still what the lookup saw. So a
+process whose read started before another process's write can never put the old value back —
+the stale-fill guard works across processes, not only inside one.
+
+Failures of Redis surface as :class:`~tiered_registry.errors.BackendUnavailableError`, which the
+:class:`~tiered_registry.TieredBackend` counts and skips; the timeouts and retry policy are explicit
+(see :mod:`tiered_registry.redis_client`) so a dead Redis costs a bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from ..codec import CodecError, decode_registration, encode_registration
+from ..errors import ConfigurationError
+from ..models import Registration
+from ..redis_client import make_client, map_redis_errors, redact_url, validate_namespace
+from .base import ABSENT, CacheTier, Lookup
+
+__all__ = ["RedisCache"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING: Final = b"null"
+_FILL_IF_UNCHANGED: Final = """
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] and (redis.call('GET', KEYS[3]) or '') == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+class RedisCache(CacheTier):
+    """A Redis cache tier: ``RedisCache(url_or_client, ttl=300, namespace="tiered_registry")``."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        *,
+        ttl: float = 300.0,
+        negative_ttl: float = 5.0,
+        namespace: str = "tiered_registry",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        retries: int = 0,
+    ) -> None:
+        super().__init__()
+        if not ttl > 0:
+            raise ConfigurationError(f"RedisCache ttl must be positive seconds, got {ttl!r}")
+        if not negative_ttl >= 0:
+            raise ConfigurationError(f"RedisCache negative_ttl must be >= 0 seconds, got {negative_ttl!r}")
+        self.namespace = validate_namespace(namespace)
+        self.ttl = float(ttl)
+        self.negative_ttl = float(negative_ttl)
+        self._ttl_ms = max(1, int(self.ttl * 1000))
+        self._negative_ttl_ms = int(self.negative_ttl * 1000)
+        # A version must outlive any read in flight; long after the value itself is gone is fine.
+        self._version_ttl_ms = max(10 * self._ttl_ms, 600_000)
+        self._source = url_or_client
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._retries = retries
+        self._client: Any = None
+        self._owned = False
+        self._fill_script: Any = None
+        prefix = f"{{{self.namespace}}}"
+        self._value_prefix = f"{prefix}:c:"
+        self._version_prefix = f"{prefix}:v:"
+        self._epoch_key = f"{prefix}:epoch"
+        self._warned_corrupt = False
+
+    def __repr__(self) -> str:
+        source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
+        return f"RedisCache({source!r}, ttl={self.ttl}, namespace={self.namespace!r})"
+
+    def invalidation_source(self) -> tuple[Any, str] | None:
+        return self._source, self.namespace
+
+    async def initialize(self) -> None:
+        if self._client is None:
+            self._client, self._owned = make_client(
+                self._source,
+                socket_timeout=self._socket_timeout,
+                connect_timeout=self._connect_timeout,
+                retries=self._retries,
+            )
+            self._fill_script = self._client.register_script(_FILL_IF_UNCHANGED)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owned:
+            await client.aclose()
+
+    # ---- CacheTier ------------------------------------------------------------------------------
+
+    async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
+        async with map_redis_errors("RedisCache lookup"):
+            value, version, epoch = await self._client.mget(
+                self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key
+            )
+        token = (version or b"", epoch or b"")
+        if value is None:
+            self.stats.misses += 1
+            return None, token
+        if value == _MISSING:
+            self.stats.hits += 1
+            return ABSENT, token
+        try:
+            record = decode_registration(value)
+        except CodecError as exc:
+            self._note_corrupt(bot_id, exc)
+            self.stats.misses += 1
+            return None, token  # the fill that follows repairs it from the store
+        self.stats.hits += 1
+        return record, token
+
+    async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
+        if record is None and self._negative_ttl_ms <= 0:
+            return
+        assert isinstance(token, tuple)
+        version, epoch = token
+        payload = _MISSING if record is None else encode_registration(record)
+        ttl_ms = self._ttl_ms if record is not None else self._negative_ttl_ms
+        keys = [self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key]
+        async with map_redis_errors("RedisCache fill"):
+            written = await self._fill_script(keys=keys, args=[version, epoch, payload, ttl_ms])
+        if written:
+            self.stats.fills += 1
+
+    async def put(self, bot_id: str, record: Registration) -> None:
+        await self._write(bot_id, encode_registration(record))
+        self.stats.fills += 1
+
+    async def invalidate(self, bot_id: str) -> None:
+        await self._write(bot_id, None)
+        self.stats.invalidations += 1
+
+    async def _write(self, bot_id: str, payload: bytes | None) -> None:
+        """Replace (or delete) the value and bump the version, atomically."""
+        value_key = self._value_prefix + bot_id
+        version_key = self._version_prefix + bot_id
+        async with map_redis_errors("RedisCache write"), self._client.pipeline(transaction=True) as pipe:
+            if payload is None:
+                pipe.unlink(value_key)
+            else:
+                pipe.set(value_key, payload, px=self._ttl_ms)
+            pipe.incr(version_key)
+            pipe.pexpire(version_key, self._version_ttl_ms)
+            await pipe.execute()
+
+    async def clear(self) -> None:
+        """Bump the epoch (refuses in-flight fills), then unlink this namespace's keys in batches."""
+        async with map_redis_errors("RedisCache clear"):
+            await self._client.incr(self._epoch_key)
+            for prefix in (self._value_prefix, self._version_prefix):
+                batch: list[bytes] = []
+                async for key in self._client.scan_iter(match=prefix + "*", count=500):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        await self._client.unlink(*batch)
+                        batch = []
+                if batch:
+                    await self._client.unlink(*batch)
+        self.stats.invalidations += 1
+
+    def _note_corrupt(self, bot_id: str, exc: Exception) -> None:
+        self.stats.errors += 1
+        if not self._warned_corrupt:
+            self._warned_corrupt = True
+            logger.warning(
+                "RedisCache %s: undecodable value for bot %r treated as a miss (%s); "
+                "further ones are counted in stats() only",
+                self.namespace,
+                bot_id,
+                exc,
+            )

