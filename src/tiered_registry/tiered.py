@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
+from .circuit import TierGuard
 from .errors import BackendUnavailableError, ConfigurationError
 from .frozen import FrozenDict
 from .models import Registration
@@ -47,7 +49,8 @@ __all__ = ["TieredBackend"]
 logger = logging.getLogger(__name__)
 _monotonic = time.monotonic
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
-_SKIPPED: Final = object()  # fill token of a tier that failed during the lookup
+_SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
+_T = TypeVar("_T")
 TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 
 
@@ -75,10 +78,14 @@ class TieredBackend(BackendBase):
         store: BackendBase,
         access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
         coherence: InvalidationChannel | bool | None = None,
+        failure_threshold: int = 3,
+        reset_timeout: float = 1.0,
     ) -> None:
         """``coherence``: ``None`` (default) invalidates other processes' local tiers over Redis
         pub/sub whenever the stack has a local tier and a Redis tier or store; ``False`` turns that
         off; or pass a configured :class:`~tiered_registry.coherence.InvalidationChannel`.
+        ``failure_threshold``/``reset_timeout``: a shared tier (Redis) that fails that many times in
+        a row is skipped for that many seconds (circuit breaker, see :mod:`tiered_registry.circuit`).
         """
         tiers = list(tiers)
         if not isinstance(store, BackendBase):
@@ -102,6 +109,11 @@ class TieredBackend(BackendBase):
         self._store_reads = 0
         self._store_errors = 0
         self._names = _tier_names(tiers)
+        self._guards = {
+            id(t): TierGuard(t, failure_threshold=failure_threshold, reset_timeout=reset_timeout)
+            for t in tiers
+            if t is not self._local
+        }
         self._closing = False
         self._coherence = _coherence_for(coherence, tiers, store) if self._local is not None else None
 
@@ -202,15 +214,17 @@ class TieredBackend(BackendBase):
         tokens: list[object] = []
         found: Lookup = None
         for tier in self._tiers:
-            if tier is self._local and self._hot is _NO_ENTRIES:
-                tokens.append(_SKIPPED)  # the local tier is bypassed (closed or not trusted)
-                continue
-            try:
+            if tier is self._local:
+                if self._hot is _NO_ENTRIES:
+                    tokens.append(_SKIPPED)  # the local tier is bypassed (closed or not trusted)
+                    continue
                 found, token = await tier.lookup(bot_id)
-            except TIER_FAILURES as exc:
-                self._tier_failed(tier, "lookup", exc)
-                tokens.append(_SKIPPED)
-                continue
+            else:
+                answer = await self._shared(tier, "lookup", partial(tier.lookup, bot_id))
+                if answer is _SKIPPED:
+                    tokens.append(_SKIPPED)
+                    continue
+                found, token = answer  # type: ignore[misc]
             if found is not None:
                 break
             tokens.append(token)
@@ -230,11 +244,47 @@ class TieredBackend(BackendBase):
                 break
             if token is _SKIPPED:
                 continue
-            try:
+            if tier is self._local:
                 await tier.fill(bot_id, record, token)
-            except TIER_FAILURES as exc:
-                self._tier_failed(tier, "fill", exc)
+            else:
+                await self._shared(tier, "fill", partial(tier.fill, bot_id, record, token))
         return record
+
+    async def _shared(
+        self, tier: CacheTier, operation: str, call: Callable[[], Awaitable[_T]]
+    ) -> _T | object:
+        """One call on a shared tier, through its guard: skipped (``_SKIPPED``) while the breaker is
+        open or when it fails; invalidations the tier is owed are paid first."""
+        guard = self._guards[id(tier)]
+        if not guard.available():
+            return _SKIPPED
+        try:
+            if guard.owes:
+                await guard.settle()
+            result = await call()
+        except TIER_FAILURES as exc:
+            guard.failed()
+            self._tier_failed(tier, operation, exc)
+            return _SKIPPED
+        guard.succeeded()
+        return result
+
+    async def _write_shared_tiers(
+        self, bot_id: str | None, operation: str, record: Registration | None
+    ) -> None:
+        """After a committed write: update (``record``) or forget ``bot_id`` (``None``: everything) in
+        every shared tier, farthest first. A tier that cannot be reached is owed the invalidation."""
+        for tier in reversed(self._tiers):
+            if tier is self._local:
+                continue
+            if bot_id is None:
+                call: Callable[[], Awaitable[None]] = tier.clear
+            elif record is not None:
+                call = partial(tier.put, bot_id, record)
+            else:
+                call = partial(tier.invalidate, bot_id)
+            if await self._shared(tier, operation, call) is _SKIPPED:
+                self._guards[id(tier)].owe(bot_id)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -247,13 +297,7 @@ class TieredBackend(BackendBase):
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
         record = await self._store._register(bot_id, config, status, metadata)
-        for tier in reversed(self._tiers):
-            if tier is self._local:
-                continue
-            try:
-                await tier.put(bot_id, record)
-            except TIER_FAILURES as exc:
-                self._tier_failed(tier, "put", exc)
+        await self._write_shared_tiers(bot_id, "put", record)
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.set(bot_id, record)
@@ -263,13 +307,7 @@ class TieredBackend(BackendBase):
 
     async def _invalidate(self, bot_id: str) -> None:
         """After a committed write: forget ``bot_id`` in every tier, farthest first."""
-        for tier in reversed(self._tiers):
-            if tier is self._local:
-                continue
-            try:
-                await tier.invalidate(bot_id)
-            except TIER_FAILURES as exc:
-                self._tier_failed(tier, "invalidate", exc)
+        await self._write_shared_tiers(bot_id, "invalidate", None)
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.stats.invalidations += 1
@@ -289,13 +327,7 @@ class TieredBackend(BackendBase):
 
     async def _clear(self) -> None:
         await self._store._clear()
-        for tier in reversed(self._tiers):
-            if tier is self._local:
-                continue
-            try:
-                await tier.clear()
-            except TIER_FAILURES as exc:
-                self._tier_failed(tier, "clear", exc)
+        await self._write_shared_tiers(None, "clear", None)
         self._forget_everything_local()
         if self._coherence is not None:
             await self._coherence.publish(None)
@@ -369,6 +401,8 @@ class TieredBackend(BackendBase):
             counters = tier.stats.as_dict()
             if tier is self._local:
                 counters["hits"] += self._hot_hits
+            else:
+                counters["circuit_opened"] = self._guards[id(tier)].opened
             out[name] = counters
         out["store"] = {"reads": self._store_reads, "errors": self._store_errors}
         return out

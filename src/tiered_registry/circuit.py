@@ -1,0 +1,92 @@
+"""``TierGuard``: a circuit breaker plus a list of owed invalidations, for one shared cache tier.
+
+A Redis tier that is down must not add a timeout to every request: after ``failure_threshold``
+consecutive failures the guard *opens* and the tier is skipped entirely; after ``reset_timeout``
+seconds one request is let through (*half-open*); its success closes the guard again.
+
+A write that cannot reach the tier (failed, or skipped while open) leaves the tier possibly
+holding the old value — harmless while the tier is unreachable, stale the moment it is back. So
+the guard remembers those keys (*owed invalidations*, or "everything" after a ``clear`` or when
+more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them before the tier is
+trusted again. Nothing stale is served when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from .tiers.base import CacheTier
+
+__all__ = ["TierGuard"]
+
+_CLOSED: Final = "closed"
+_OPEN: Final = "open"
+_HALF_OPEN: Final = "half-open"
+
+
+class TierGuard:
+    """Breaker state and owed invalidations of one tier (no I/O of its own but :meth:`settle`)."""
+
+    def __init__(
+        self,
+        tier: CacheTier,
+        *,
+        failure_threshold: int = 3,
+        reset_timeout: float = 1.0,
+        max_owed: int = 10_000,
+    ) -> None:
+        self.tier = tier
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.max_owed = max_owed
+        self.state = _CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._owed: set[str] = set()
+        self._owe_everything = False
+        self.opened = 0  # how many times the breaker opened (for stats)
+
+    def available(self) -> bool:
+        """May the tier be called now? (Closed; or open long enough to try one request.)"""
+        if self.state == _CLOSED:
+            return True
+        if self.state == _OPEN and time.monotonic() - self._opened_at >= self.reset_timeout:
+            self.state = _HALF_OPEN
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self.state = _CLOSED
+
+    def failed(self) -> None:
+        self._failures += 1
+        if self.state == _HALF_OPEN or self._failures >= self.failure_threshold:
+            if self.state != _OPEN:
+                self.opened += 1
+            self.state = _OPEN
+            self._opened_at = time.monotonic()
+
+    @property
+    def owes(self) -> bool:
+        return self._owe_everything or bool(self._owed)
+
+    def owe(self, bot_id: str | None) -> None:
+        """Remember that the tier may still hold an old value of ``bot_id`` (``None``: of anything)."""
+        if bot_id is None or len(self._owed) >= self.max_owed:
+            self._owe_everything = True
+            self._owed.clear()
+        elif not self._owe_everything:
+            self._owed.add(bot_id)
+
+    async def settle(self) -> None:
+        """Pay the owed invalidations (raises the tier's error if it is still down)."""
+        if self._owe_everything:
+            await self.tier.clear()
+            self._owe_everything = False
+            return
+        while self._owed:
+            bot_id = next(iter(self._owed))
+            await self.tier.invalidate(bot_id)
+            self._owed.discard(bot_id)

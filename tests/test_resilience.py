@@ -1,0 +1,84 @@
+"""Degraded modes: a Redis tier that stops answering is skipped by a circuit breaker, and the
+invalidations it missed are paid before it is trusted again (nothing stale when it comes back).
+
+These tests disturb a private Valkey server (``private_redis``), never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tiered_registry import TieredBackend
+from tiered_registry.stores.postgres import PostgresBackend
+from tiered_registry.tiers.redis import RedisCache
+
+
+@pytest.fixture
+async def redis_over_postgres(private_redis, database_url, namespace) -> AsyncIterator[TieredBackend]:
+    url, _, _ = private_redis
+    stack = TieredBackend(
+        tiers=[RedisCache(url, ttl=300, namespace=namespace, socket_timeout=0.2)],
+        store=PostgresBackend(database_url, table=namespace),
+        reset_timeout=0.3,
+    )
+    async with stack:
+        yield stack
+        await stack.store.drop()  # type: ignore[attr-defined]
+
+
+async def _pause(url: str, milliseconds: int) -> None:
+    """Make the server stop answering (it keeps its data) for a while."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
+    finally:
+        await client.aclose()
+
+
+async def test_a_hung_redis_is_skipped_and_owed_invalidations_are_paid(
+    redis_over_postgres, private_redis
+) -> None:
+    stack = redis_over_postgres
+    url, _, _ = private_redis
+    await stack.register("bot", {"v": 1})
+    assert await stack.get_config("bot") == {"v": 1}  # cached in Redis
+
+    await _pause(url, 1500)
+    started = time.perf_counter()
+    # Redis holds {"v": 1} but does not answer: the write reaches the store only.
+    await stack.register("bot", {"v": 2})
+    reads = [await stack.get_config("bot") for _ in range(20)]
+    elapsed = time.perf_counter() - started
+    assert reads == [{"v": 2}] * 20  # from the store
+    stats = stack.stats()["redis"]
+    assert stats["circuit_opened"] == 1
+    assert stats["errors"] <= 4  # the breaker opened after 3 failures: no timeout per request
+    assert elapsed < 1.5
+
+    await asyncio.sleep(1.6)  # Redis answers again, still holding the old value
+    assert await stack.get_config("bot") == {"v": 2}  # owed invalidation paid before trusting it
+    assert await stack.get_config("bot") == {"v": 2}
+    assert stack.stats()["redis"]["hits"] >= 1  # and the tier is in use again
+
+
+async def test_a_stopped_redis_costs_no_timeout_per_request(redis_over_postgres, private_redis) -> None:
+    stack = redis_over_postgres
+    _, start, stop = private_redis
+    await stack.register("bot", {"v": 1})
+    stop()
+    started = time.perf_counter()
+    for i in range(200):
+        assert await stack.get_config("bot") == {"v": 1}
+        if i == 100:
+            assert await stack.deactivate("bot")  # writes still succeed: the store is up
+    assert time.perf_counter() - started < 3
+    assert await stack.exists("bot") is False
+    start()
+    await asyncio.sleep(0.4)  # past reset_timeout: the next request tries Redis again
+    assert await stack.exists("bot") is False
+    assert (await stack.get("bot")).status == "inactive"
