@@ -177,10 +177,11 @@ class WaitingConnectionPool(aredis.ConnectionPool):
         super().__init__(**kwargs)
         self.wait_timeout = wait_timeout
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._handed_over = 0  # waiters woken by a release that have not taken their turn yet
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if self._waiters or not self.can_get_connection():
-            await self._wait_for_room()
+        if self._waiters or self._handed_over or not self.can_get_connection():
+            await self._wait_for_room()  # behind everyone already waiting: first come, first served
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     async def release(self, connection: Any) -> None:
@@ -192,6 +193,7 @@ class WaitingConnectionPool(aredis.ConnectionPool):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._handed_over += 1
                 return
 
     async def _wait_for_room(self) -> None:
@@ -205,8 +207,10 @@ class WaitingConnectionPool(aredis.ConnectionPool):
                         await waiter
                     except BaseException:
                         if waiter.done() and not waiter.cancelled():
+                            self._handed_over -= 1
                             self._wake_one()  # we were woken but leave: pass the turn on
                         raise
+                    self._handed_over -= 1
                     if self.can_get_connection():
                         return
         except TimeoutError:

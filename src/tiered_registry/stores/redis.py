@@ -1,0 +1,503 @@
+"""``RedisBackend``: the durable store in Redis (redis-py asyncio, hiredis parser).
+
+Data model (every key under the hash tag ``{ns}``, so a cluster keeps a namespace in one slot):
+
+- ``{ns}:bot:<bot_id>`` — a HASH per bot: ``config`` and ``metadata`` (JSON via the library's
+  codec), ``status``, and ``created_at``/``updated_at``/``last_accessed_at`` as fixed-width
+  ISO-8601 strings (always with microseconds), so string order is time order, also in Lua.
+- ``{ns}:all`` and ``{ns}:status:<status>`` — sorted sets of bot ids, all scores 0: ordered by
+  UTF-8 bytes, which is code-point order, i.e. the ``bot_id`` order of ``Query``. Lists, counts,
+  ``stream`` and ``clear`` walk these (ZRANGE BYLEX / ZCARD), never KEYS or SCAN.
+
+A bot id is only ever a key *suffix* and a set *member*, never part of a pattern, so ids such as
+``a:b``, ``*`` or ``{x}`` cannot reach outside the namespace.
+
+Why the writes are Lua scripts: each is one round trip and atomic (record and indexes always
+agree), and each starts with the write that can fail on a foreign value under our key
+(``WRONGTYPE``), so a failure leaves nothing half-written — which MULTI/EXEC does not promise.
+
+``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
+costs no write, and one script call per flush sets only that field, only on records that still
+exist and only forward in time. ``get`` returns the stored value, which lags unflushed reads by
+at most ``access_flush_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
+from ..base import BackendBase
+from ..codec import CodecError, dumps, loads
+from ..errors import ConfigurationError
+from ..frozen import FrozenDict, freeze
+from ..models import Registration, utcnow
+from ..query import Query, metadata_matches
+from ..redis_client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_RETRIES,
+    DEFAULT_SOCKET_TIMEOUT,
+    UNAVAILABLE_ERRORS,
+    describe_source,
+    make_client,
+    map_redis_errors,
+    unavailable_error,
+    validate_namespace,
+)
+from ..validation import STATUSES
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS_ORDER: Final = tuple(sorted(STATUSES))
+_FIELDS: Final = ("config", "status", "metadata", "created_at", "updated_at", "last_accessed_at")
+_BATCH: Final = 500  # ids per ZRANGE / HMGET pipeline / UNLINK: bounded memory, short server work
+_TOUCH_BATCH: Final = 1000  # records per access-flush script call (bounds the time Redis is busy)
+
+# KEYS: record, all, one set per status (_STATUS_ORDER)
+# ARGV: bot_id, config, status, index of its set in KEYS, now, metadata ('' keeps the stored one)
+_REGISTER: Final = """
+local key, id, now = KEYS[1], ARGV[1], ARGV[5]
+redis.call('HSET', key, 'config', ARGV[2], 'status', ARGV[3], 'updated_at', now)
+redis.call('HSETNX', key, 'created_at', now)
+redis.call('HSETNX', key, 'last_accessed_at', now)
+local keep = ARGV[6] == ''
+if keep then
+  redis.call('HSETNX', key, 'metadata', '{}')
+else
+  redis.call('HSET', key, 'metadata', ARGV[6])
+end
+redis.call('ZADD', KEYS[2], 0, id)
+local own = tonumber(ARGV[4])
+for i = 3, #KEYS do
+  if i == own then redis.call('ZADD', KEYS[i], 0, id) else redis.call('ZREM', KEYS[i], id) end
+end
+if keep then
+  return redis.call('HMGET', key, 'created_at', 'last_accessed_at', 'metadata')
+end
+return redis.call('HMGET', key, 'created_at', 'last_accessed_at')
+"""
+# KEYS: record, the inactive set, the other status sets; ARGV: bot_id, now
+_DEACTIVATE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'inactive', 'updated_at', ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+"""
+# KEYS: record, all, the status sets; ARGV: bot_id
+_UNREGISTER: Final = """
+local existed = redis.call('UNLINK', KEYS[1])
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return existed
+"""
+# KEYS: records; ARGV: the access time. HGET is false for a deleted record: never recreated.
+_TOUCH: Final = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  local old = redis.call('HGET', key, 'last_accessed_at')
+  if old and old < ARGV[1] then
+    redis.call('HSET', key, 'last_accessed_at', ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def _stamp(moment: datetime) -> str:
+    """Fixed-width ISO-8601 in UTC (``isoformat`` alone drops ``.000000``, breaking string order)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    elif moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """A foreign value of another type under our key (``WRONGTYPE``): a corrupt record, not a bug."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def _load_object(raw: bytes | None) -> dict[str, Any]:
+    """Decode a stored config/metadata; anything but a JSON object is corrupt."""
+    if raw is None:
+        raise CodecError("field is missing")
+    value = loads(raw)
+    if type(value) is not dict:
+        raise CodecError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_object(raw: bytes | None) -> FrozenDict:
+    """A stored config/metadata, frozen once here so it can be handed out without copies."""
+    return freeze(_load_object(raw))
+
+
+class RedisBackend(BackendBase):
+    """A registry in Redis: ``RedisBackend(url_or_client, namespace="tiered_registry")``.
+
+    ``url_or_client`` is a ``redis://``/``rediss://``/``unix://`` URL (the backend owns the
+    client it builds, with ``socket_timeout``/``connect_timeout`` in seconds and ``retries``
+    extra attempts on connection errors) or a ``redis.asyncio.Redis`` created with
+    ``decode_responses=False`` (used as is, never closed here). ``namespace`` prefixes every key;
+    two backends on one namespace share the registry. ``access_flush_interval`` is the staleness
+    bound of ``last_accessed_at``.
+
+    Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
+    error as ``__cause__``. A stored value that does not decode reads as missing (logged once).
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | aredis.Redis,
+        *,
+        namespace: str = "tiered_registry",
+        access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
+        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.namespace = validate_namespace(namespace)
+        if isinstance(access_flush_interval, bool) or not (
+            isinstance(access_flush_interval, int | float) and access_flush_interval > 0
+        ):
+            raise ConfigurationError(f"access_flush_interval must be positive, got {access_flush_interval!r}")
+        self._target = describe_source(url_or_client)
+        # Parsing the URL does no I/O: a bad URL or option fails here, not at first use.
+        self._client: Any
+        self._owned: bool
+        self._client, self._owned = make_client(
+            url_or_client,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            retries=retries,
+            max_connections=max_connections,
+        )
+        tag = f"{{{self.namespace}}}"
+        self._bot_prefix = f"{tag}:bot:"
+        self._bot_prefix_b = self._bot_prefix.encode()
+        self._all_key = f"{tag}:all"
+        self._status_keys = {s: f"{tag}:status:{s}" for s in _STATUS_ORDER}
+        self._index_keys = [self._all_key, *self._status_keys.values()]
+        self._register_script = self._client.register_script(_REGISTER)
+        self._deactivate_script = self._client.register_script(_DEACTIVATE)
+        self._unregister_script = self._client.register_script(_UNREGISTER)
+        self._touch_script = self._client.register_script(_TOUCH)
+        self._deactivate_keys_tail = [
+            self._status_keys["inactive"],
+            *(k for s, k in self._status_keys.items() if s != "inactive"),
+        ]
+        self._recorder = AccessRecorder(self._record_accesses, interval=float(access_flush_interval))
+        self._warned_corrupt = False
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self._target!r}, namespace={self.namespace!r})"
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _errors(self, doing: str) -> Any:
+        return map_redis_errors(doing, self._target)
+
+    def _corrupt(self, bot_id: str, problem: BaseException) -> None:
+        """A value under our key that we cannot read: a miss, logged loudly once, then quietly."""
+        log = logger.debug if self._warned_corrupt else logger.warning
+        self._warned_corrupt = True
+        log(
+            "RedisBackend %s: the stored record of bot %r does not decode (%s: %s); it reads as missing",
+            self.namespace,
+            bot_id,
+            type(problem).__name__,
+            problem,
+        )
+
+    def _decode(self, bot_id: str, row: Sequence[bytes | None]) -> Registration | None:
+        """An HMGET of ``_FIELDS`` as a Registration; None when missing or corrupt."""
+        config_raw, status, metadata_raw, created, updated, accessed = row
+        if config_raw is None and status is None and created is None:
+            return None  # no such record (or only a stray field: still nothing to return)
+        try:
+            if status is None or created is None or updated is None or accessed is None:
+                raise CodecError("a field is missing")
+            status_text = status.decode()
+            if status_text not in STATUSES:
+                raise CodecError(f"unknown status {status_text!r}")
+            return Registration(
+                bot_id,
+                _json_object(config_raw),
+                status_text,
+                _json_object(metadata_raw),
+                datetime.fromisoformat(created.decode()),
+                datetime.fromisoformat(updated.decode()),
+                datetime.fromisoformat(accessed.decode()),
+            )
+        except (CodecError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            self._corrupt(bot_id, exc)
+            return None
+
+    async def _fetch(self, ids: Sequence[bytes]) -> list[Registration]:
+        """The records of ``ids`` (index members) in order, in one pipelined round trip."""
+        if not ids:
+            return []
+        prefix = self._bot_prefix_b
+        with self._errors("read records"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member in ids:
+                    pipe.hmget(prefix + member, _FIELDS)
+                rows = await pipe.execute(raise_on_error=False)
+        records = []
+        for member, row in zip(ids, rows, strict=True):
+            if isinstance(row, Exception):
+                if not _wrong_type(row):
+                    raise row
+                self._corrupt(member.decode(), row)
+                continue
+            record = self._decode(member.decode(), row)
+            if record is not None:
+                records.append(record)
+        return records
+
+    async def _members(self, index: str, after: bytes | None, count: int) -> list[bytes]:
+        """Up to ``count`` ids of an index, in order, strictly after ``after`` (None: from the start)."""
+        start = b"-" if after is None else b"(" + after
+        with self._errors("read index"):
+            members: list[bytes] = await self._client.zrange(
+                index, start, b"+", bylex=True, offset=0, num=count
+            )
+        return members
+
+    async def _walk(self, index: str, batch_size: int) -> AsyncIterator[list[bytes]]:
+        """Every id of an index in batches (keyset paging: ids added or removed meanwhile are fine)."""
+        after: bytes | None = None
+        while True:
+            members = await self._members(index, after, batch_size)
+            if members:
+                yield members
+            if len(members) < batch_size:
+                return
+            after = members[-1]
+
+    def _index(self, status: str | None) -> str:
+        return self._all_key if status is None else self._status_keys[status]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def _initialize(self) -> None:
+        """Check the server answers, and load the scripts (so no first call pays a NOSCRIPT retry)."""
+        try:
+            with self._errors("connect"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.ping()
+                    for script in (
+                        self._register_script,
+                        self._deactivate_script,
+                        self._unregister_script,
+                        self._touch_script,
+                    ):
+                        pipe.script_load(script.script)
+                    await pipe.execute()
+        except BaseException:
+            if self._owned:
+                await self._client.connection_pool.disconnect()
+            raise
+        self._recorder.start()
+
+    async def _close(self) -> None:
+        await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
+        if self._owned:
+            await self._client.aclose()
+
+    async def flush_accesses(self) -> None:
+        """Write pending ``last_accessed_at`` updates now (one script call per 1000 bots)."""
+        await self._recorder.flush()
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    async def _register(
+        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
+    ) -> Registration:
+        now = utcnow()
+        keys = [self._bot_prefix + bot_id, *self._index_keys]
+        args = [
+            bot_id,
+            dumps(config),
+            status,
+            _STATUS_ORDER.index(status) + 3,
+            _stamp(now),
+            b"" if metadata is None else dumps(metadata),
+        ]
+        with self._errors("register"):
+            row = await self._register_script(keys=keys, args=args)
+        created_at = datetime.fromisoformat(row[0].decode())
+        last_accessed_at = datetime.fromisoformat(row[1].decode())
+        if metadata is None:
+            try:
+                metadata = _json_object(row[2])
+            except CodecError as exc:  # a corrupt stored metadata is kept as it was
+                self._corrupt(bot_id, exc)
+                metadata = FrozenDict()
+        return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
+
+    async def _deactivate(self, bot_id: str) -> bool:
+        keys = [self._bot_prefix + bot_id, *self._deactivate_keys_tail]
+        with self._errors("deactivate"):
+            done = await self._deactivate_script(keys=keys, args=[bot_id, _stamp(utcnow())])
+        return bool(done)
+
+    async def _unregister(self, bot_id: str) -> bool:
+        keys = [self._bot_prefix + bot_id, *self._index_keys]
+        with self._errors("unregister"):
+            existed = await self._unregister_script(keys=keys, args=[bot_id])
+        return bool(existed)
+
+    async def _clear(self) -> None:
+        """Delete this namespace's records, ``_BATCH`` at a time (no long-blocking command).
+
+        Repeatedly takes the first ids of each index and removes them with their records in one
+        transaction; emptied sorted sets vanish by themselves. Only ids listed in our own index
+        are touched, so no key outside the namespace can be reached.
+        """
+        for index in self._index_keys:  # the status sets are empty by now, unless out of sync
+            while True:
+                with self._errors("clear"):
+                    members = await self._client.zrange(index, 0, _BATCH - 1)
+                    if not members:
+                        break
+                    async with self._client.pipeline(transaction=True) as pipe:
+                        pipe.unlink(*(self._bot_prefix_b + m for m in members))
+                        for key in self._index_keys:
+                            pipe.zrem(key, *members)
+                        await pipe.execute()
+
+    async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        """Set ``last_accessed_at`` on the records that still exist and were accessed earlier."""
+        stamp = _stamp(at)
+        prefix = self._bot_prefix
+        for start in range(0, len(bot_ids), _TOUCH_BATCH):
+            keys = [prefix + bot_id for bot_id in bot_ids[start : start + _TOUCH_BATCH]]
+            with self._errors("record accesses"):
+                await self._touch_script(keys=keys, args=[stamp])
+
+    # ---- point reads -----------------------------------------------------------------------
+
+    async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
+        try:
+            row = await self._client.hmget(self._bot_prefix + bot_id, _FIELDS)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable_error(exc, "get", self._target) from exc
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            self._corrupt(bot_id, exc)
+            return None
+        record = self._decode(bot_id, row)
+        if record is not None and touch:
+            self._recorder.record(bot_id)
+        return record
+
+    async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
+        try:
+            raw = await self._client.hget(self._bot_prefix + bot_id, "config")
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable_error(exc, "get_config", self._target) from exc
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            self._corrupt(bot_id, exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            config = _json_object(raw)
+        except CodecError as exc:
+            self._corrupt(bot_id, exc)
+            return None
+        if touch:
+            self._recorder.record(bot_id)
+        return config
+
+    async def _exists(self, bot_id: str) -> bool:
+        try:
+            status = await self._client.hget(self._bot_prefix + bot_id, "status")
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable_error(exc, "exists", self._target) from exc
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            return False
+        return bool(status == b"active")
+
+    # ---- lists and counts ------------------------------------------------------------------
+
+    async def _select(self, query: Query) -> list[Registration]:
+        index = self._index(query.status)
+        if query.limit == 0:
+            return []
+        if not query.filter_metadata and (
+            not query.sort or (query.sort[0].field == "bot_id" and not query.sort[0].descending)
+        ):
+            # Index order is the requested order: page in Redis, fetch only that page.
+            with self._errors("list"):
+                if query.offset or query.limit is not None:
+                    limit = -1 if query.limit is None else query.limit
+                    members = await self._client.zrange(
+                        index, b"-", b"+", bylex=True, offset=query.offset, num=limit
+                    )
+                else:
+                    members = await self._client.zrange(index, 0, -1)
+            records: list[Registration] = []
+            for start in range(0, len(members), _BATCH):
+                records += await self._fetch(members[start : start + _BATCH])
+            return [r for r in records if query.matches(r)]
+        matching = [r async for r in self._stream(query, _BATCH)]
+        return query.page(query.order(matching))
+
+    async def _count(self, query: Query) -> int:
+        index = self._index(query.status)
+        if not query.filter_metadata:
+            with self._errors("count"):
+                return int(await self._client.zcard(index))
+        filters = query.filter_metadata
+        count = 0
+        async for members in self._walk(index, _BATCH):
+            with self._errors("count"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for member in members:
+                        pipe.hmget(self._bot_prefix_b + member, ("status", "metadata"))
+                    rows = await pipe.execute(raise_on_error=False)
+            for member, row in zip(members, rows, strict=True):
+                if isinstance(row, Exception):
+                    if not _wrong_type(row):
+                        raise row
+                    continue
+                status, metadata_raw = row
+                if status is None or (query.status is not None and status.decode() != query.status):
+                    continue
+                try:
+                    metadata = _load_object(metadata_raw)  # only compared: no need to freeze
+                except CodecError as exc:
+                    self._corrupt(member.decode(), exc)
+                    continue
+                if metadata_matches(metadata, filters):
+                    count += 1
+        return count
+
+    async def _list_ids(self) -> list[str]:
+        with self._errors("list_ids"):
+            members = await self._client.zrange(self._status_keys["active"], 0, -1)
+        return [m.decode() for m in members]
+
+    async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
+        async for members in self._walk(self._index(query.status), batch_size):
+            for record in await self._fetch(members):
+                if query.matches(record):
+                    yield record
