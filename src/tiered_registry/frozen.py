@@ -11,7 +11,7 @@ Need a mutable copy?  ``thaw(config)`` or ``copy.deepcopy(config)`` returns plai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 __all__ = ["FrozenDict", "FrozenList", "freeze", "thaw"]
 
@@ -81,10 +81,24 @@ class FrozenList(list[Any]):
         return f"FrozenList({list.__repr__(self)})"
 
 
+_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _freeze_value(value: Any) -> Any:
-    if type(value) is dict or isinstance(value, Mapping):
+    # Exact type checks first: decoded JSON holds only these types, and `type(x) in set` is
+    # several times cheaper than isinstance() against an ABC (this runs on every cache fill).
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is dict:
+        return FrozenDict({k: v if type(v) in _LEAVES else _freeze_value(v) for k, v in value.items()})
+    if kind is list:
+        return FrozenList([v if type(v) in _LEAVES else _freeze_value(v) for v in value])
+    if kind is FrozenDict or kind is FrozenList:
+        return value
+    if isinstance(value, Mapping):
         return FrozenDict({k: _freeze_value(v) for k, v in value.items()})
-    if type(value) is list or isinstance(value, list):
+    if isinstance(value, list):
         return FrozenList([_freeze_value(v) for v in value])
     return value
 
@@ -93,7 +107,8 @@ def freeze(value: Mapping[str, Any]) -> FrozenDict:
     """Return a deep read-only copy of JSON data (already-frozen data is returned as is)."""
     if type(value) is FrozenDict:
         return value
-    return FrozenDict({k: _freeze_value(v) for k, v in value.items()})
+    frozen: FrozenDict = _freeze_value(dict(value) if type(value) is not dict else value)
+    return frozen
 
 
 def thaw(value: Any) -> Any:
