@@ -231,3 +231,19 @@ async def test_a_redis_restart_keeps_reads_working_and_leaves_nothing_stale(
 
 async def _false(value: object) -> bool:
     return not value
+
+
+async def test_local_over_a_redis_store_is_coherent_too(redis_url, namespace) -> None:
+    from tiered_registry.stores.redis import RedisBackend
+
+    def build() -> TieredBackend:
+        return TieredBackend(tiers=[LocalCache(ttl=300)], store=RedisBackend(redis_url, namespace=namespace))
+
+    async with build() as writer, build() as reader:
+        await writer.register("bot", {"v": 1})
+        assert await reader.get_config("bot") == {"v": 1}
+        await writer.deactivate("bot")
+        await _eventually(lambda: _equals(reader.exists("bot"), False))
+        await writer.unregister("bot")
+        await _eventually(lambda: _equals(reader.get_config("bot"), None))
+        await writer.clear()

@@ -81,6 +81,14 @@ STACKS: dict[str, StackSpec] = {
         lambda services, ns: TieredBackend(tiers=[LocalCache(maxsize=1000, ttl=30)], store=InMemoryBackend()),
         shared=False,
     ),
+    "local+redis": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30)],
+            store=RedisBackend(services.redis_url, namespace=ns, access_flush_interval=0.1),
+        ),
+        shared=False,  # invalidations reach other processes via pub/sub: see test_coherence.py
+        teardown=_teardown_stack,
+    ),
     "local+postgres": StackSpec(
         lambda services, ns: TieredBackend(tiers=[LocalCache(ttl=30)], store=_postgres(services, ns)),
         shared=False,  # no Redis, so no cross-process invalidation: the local TTL bounds staleness

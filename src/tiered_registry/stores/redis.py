@@ -173,6 +173,7 @@ class RedisBackend(BackendBase):
         ):
             raise ConfigurationError(f"access_flush_interval must be positive, got {access_flush_interval!r}")
         self._target = describe_source(url_or_client)
+        self._source = url_or_client
         # Parsing the URL does no I/O: a bad URL or option fails here, not at first use.
         self._client: Any
         self._owned: bool
@@ -202,6 +203,10 @@ class RedisBackend(BackendBase):
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._target!r}, namespace={self.namespace!r})"
+
+    def invalidation_source(self) -> tuple[Any, str]:
+        """Where a :class:`TieredBackend` over this store publishes its invalidations."""
+        return self._source, self.namespace
 
     # ---- plumbing --------------------------------------------------------------------------
 
