@@ -285,3 +285,28 @@ async def test_bad_ids_are_rejected_on_the_hot_path_too() -> None:
             await tiered.get_config(["unhashable"])  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="bot_id"):
             await tiered.get_config("")
+
+
+async def test_cancelling_the_reader_in_front_does_not_fail_the_others(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+    leader = await _start_read_and_hold(tiered, store, "bot")
+    followers = [asyncio.create_task(tiered.get_config("bot")) for _ in range(10)]
+    await asyncio.sleep(0.01)  # the followers are waiting on the leader's read
+    leader.cancel()
+    store.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert await asyncio.gather(*followers) == [{"v": 1}] * 10
+
+
+async def test_a_store_error_reaches_every_waiting_reader(make_tiered) -> None:
+    tiered, store = await make_tiered(seed={"bot": {"v": 1}})
+
+    async def broken(bot_id: str, *, touch: bool) -> Registration | None:
+        await asyncio.sleep(0.01)
+        raise BackendUnavailableError("store is down")
+
+    store._get = broken  # type: ignore[method-assign]
+    results = await asyncio.gather(*(tiered.get_config("bot") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, BackendUnavailableError) for r in results)
+    assert tiered.stats()["store"]["errors"] == 1

@@ -55,13 +55,20 @@ TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 
 
 class _Flight:
-    """One in-progress read of one key; ``stale`` once a write to that key has committed."""
+    """One in-progress read of one key, done by the first caller (the leader) for everyone.
 
-    __slots__ = ("stale", "task")
+    ``stale`` once a write to that key has committed. ``outcome`` resolves to ``(record, None)``,
+    ``(None, error)``, or ``_RETRY`` if the leader was cancelled (the followers then try again).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("outcome", "stale")
+
+    def __init__(self, outcome: asyncio.Future[object]) -> None:
         self.stale = False
-        self.task: asyncio.Task[Registration | None] | None = None
+        self.outcome = outcome
+
+
+_RETRY: Final = object()
 
 
 class TieredBackend(BackendBase):
@@ -147,9 +154,6 @@ class TieredBackend(BackendBase):
         if self._coherence is not None:
             await self._coherence.stop()
         await self._recorder.stop()
-        for flight in list(self._flights.values()):
-            if flight.task is not None and not flight.task.done():
-                flight.task.cancel()
         self._flights.clear()
         for tier in self._tiers:
             await tier.close()
@@ -193,21 +197,34 @@ class TieredBackend(BackendBase):
             if entry is not None:
                 self._hot_hits += 1
                 return entry[0]
-        flight = self._flights.get(bot_id)
-        if flight is None:
-            flight = _Flight()
-            task = asyncio.get_running_loop().create_task(self._load(bot_id, flight))
-            flight.task = task
-            self._flights[bot_id] = flight
-            task.add_done_callback(lambda t: self._land(bot_id, flight, t))
-        assert flight.task is not None
-        return await asyncio.shield(flight.task)
-
-    def _land(self, bot_id: str, flight: _Flight, task: asyncio.Task[Registration | None]) -> None:
-        if self._flights.get(bot_id) is flight:
-            del self._flights[bot_id]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a flight nobody awaits any more logs nothing
+        while (flight := self._flights.get(bot_id)) is not None:
+            # A read of this key is in flight: wait for its outcome (shielded, so that our own
+            # cancellation does not cancel it for the others).
+            outcome = await asyncio.shield(flight.outcome)
+            if outcome is not _RETRY:
+                assert isinstance(outcome, tuple)
+                answer: Registration | None = outcome[0]
+                error: Exception | None = outcome[1]
+                if error is not None:
+                    raise error
+                return answer
+        # We lead: the read happens in our own task (no task per miss), the others wait for it.
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights[bot_id] = flight
+        try:
+            record = await self._load(bot_id, flight)
+        except asyncio.CancelledError:
+            flight.outcome.set_result(_RETRY)
+            raise
+        except Exception as exc:
+            flight.outcome.set_result((None, exc))
+            raise
+        else:
+            flight.outcome.set_result((record, None))
+            return record
+        finally:
+            if self._flights.get(bot_id) is flight:
+                del self._flights[bot_id]
 
     async def _load(self, bot_id: str, flight: _Flight) -> Registration | None:
         """Ask the tiers nearest first, then the store; fill the tiers above the one that answered."""

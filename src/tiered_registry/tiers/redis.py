@@ -5,7 +5,7 @@ Keys (all under the hash tag ``{namespace}``, so a cluster keeps a namespace in 
 - ``{ns}:c:<bot_id>`` — the cached registration (the library's one codec) or ``null`` for a
   remembered miss; expires after ``ttl`` (``negative_ttl`` for a miss).
 - ``{ns}:v:<bot_id>`` — the key's version, incremented by every write-through and invalidation.
-- ``{ns}:epoch`` — incremented by ``clear()``.
+- ``{ns}:epoch`` — incremented by ``clear()`` (and expires once no fill can be in flight).
 
 A lookup reads value, version and epoch in one ``MGET``; a fill after a read of the store is a
 small Lua script that writes only if version and epoch are still what the lookup saw. So a
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Final
+
+from cachetools import LRUCache
 
 from ..codec import CodecError, decode_registration, encode_registration
 from ..errors import ConfigurationError
@@ -57,7 +59,11 @@ class RedisCache(CacheTier):
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         retries: int = 0,
+        decode_cache_size: int = 1024,
     ) -> None:
+        """``decode_cache_size``: how many recently read payloads keep their decoded (frozen)
+        registration, keyed by the exact bytes — a repeated hit skips JSON parsing and freezing,
+        and can never be stale (other bytes, other key). 0 turns it off."""
         super().__init__()
         if not ttl > 0:
             raise ConfigurationError(f"RedisCache ttl must be positive seconds, got {ttl!r}")
@@ -82,6 +88,9 @@ class RedisCache(CacheTier):
         self._version_prefix = f"{prefix}:v:"
         self._epoch_key = f"{prefix}:epoch"
         self._warned_corrupt = False
+        self._decoded: LRUCache[bytes, Registration] | None = (
+            LRUCache(maxsize=decode_cache_size) if decode_cache_size > 0 else None
+        )
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -119,12 +128,17 @@ class RedisCache(CacheTier):
         if value == _MISSING:
             self.stats.hits += 1
             return ABSENT, token
-        try:
-            record = decode_registration(value)
-        except CodecError as exc:
-            self._note_corrupt(bot_id, exc)
-            self.stats.misses += 1
-            return None, token  # the fill that follows repairs it from the store
+        decoded = self._decoded
+        record = decoded.get(value) if decoded is not None else None
+        if record is None:
+            try:
+                record = decode_registration(value)
+            except CodecError as exc:
+                self._note_corrupt(bot_id, exc)
+                self.stats.misses += 1
+                return None, token  # the fill that follows repairs it from the store
+            if decoded is not None:
+                decoded[value] = record
         self.stats.hits += 1
         return record, token
 
@@ -165,7 +179,11 @@ class RedisCache(CacheTier):
     async def clear(self) -> None:
         """Bump the epoch (refuses in-flight fills), then unlink this namespace's keys in batches."""
         async with map_redis_errors("RedisCache clear"):
-            await self._client.incr(self._epoch_key)
+            # The epoch only has to outlive the fills in flight now; then the namespace is empty.
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incr(self._epoch_key)
+                pipe.pexpire(self._epoch_key, self._version_ttl_ms)
+                await pipe.execute()
             for prefix in (self._value_prefix, self._version_prefix):
                 batch: list[bytes] = []
                 async for key in self._client.scan_iter(match=prefix + "*", count=500):
