@@ -1,0 +1,396 @@
+"""One benchmark run: floors first, then every selected stack, each in its own namespace.
+
+Per stack, in order (each bounded by ``duration`` seconds):
+
+1. set up: register ``bots`` bots through the stack (write-through, so caches start warm), warm up;
+2. ``get_config`` hot path: per-call latency (median, p99) of reads drawn from the key distribution;
+3. throughput: calls/s completed by ``concurrency`` tasks reading in a loop;
+4. miss path: every cache tier is cleared (the store keeps its data), then each bot is read once —
+   a cold read through every tier down to the store, filling the tiers on the way back;
+5. writes: for one bot after another, ``deactivate`` (an invalidation of every tier), the next
+   ``get_config`` (the cost of that invalidation for the next reader), ``register`` (re-activate,
+   write-through) and the read after it;
+6. clean up: flush, clear, drop the table, close — also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import random
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from ..base import BackendBase
+from ..errors import ConfigurationError
+from ..tiered import TieredBackend
+from .floors import (
+    dict_floor,
+    pg_select_floor,
+    postgres_version,
+    redis_get_floor,
+    redis_version,
+)
+from .measure import Call, Latency, checkpoint, latency_from, measure_latency, measure_throughput
+from .results import BenchOptions, BenchResult, Endpoints, Progress, StackResult, machine_info, redact_url
+from .stacks import (
+    FloorName,
+    ServiceName,
+    StackSpec,
+    close_stack,
+    open_stack,
+    populate,
+    remove_namespace,
+    stack_namespace,
+)
+from .workload import KeyStream, bot_ids, key_sequence, make_config
+
+__all__ = ["new_run_prefix", "run_bench", "steps_for"]
+
+SEQUENCE_LENGTH: Final = 20_000
+FLOOR_BOTS: Final = 1000  # the Redis/PostgreSQL floors store at most this many copies
+DISTINCT_CONFIGS: Final = 64  # configs cycle over this many distinct documents (bounded memory)
+MAX_WRITE_CYCLES: Final = 20_000
+MAX_MISS_ROUNDS: Final = 100
+STACK_STEPS: Final = 6
+
+
+def steps_for(options: BenchOptions) -> int:
+    """How many progress steps a run of ``options`` has (floors twice + six per stack)."""
+    floors = 1 + sum(1 for service in ("redis", "postgres") if service in options.needs)
+    return 2 * floors + STACK_STEPS * len(options.stacks)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Workload:
+    ids: list[str]
+    configs: list[dict[str, Any]]
+    sequence: list[str]
+    floor_ids: list[str]
+    floor_sequence: list[str]
+
+    @classmethod
+    def build(cls, options: BenchOptions) -> _Workload:
+        ids = bot_ids(options.bots)
+        configs = [make_config(options.config_size, i) for i in range(min(len(ids), DISTINCT_CONFIGS))]
+        sequence = key_sequence(ids, SEQUENCE_LENGTH, options.distribution, seed=options.seed)
+        floor_ids = ids[:FLOOR_BOTS]
+        floor_sequence = (
+            sequence
+            if len(floor_ids) == len(ids)
+            else key_sequence(floor_ids, SEQUENCE_LENGTH, options.distribution, seed=options.seed)
+        )
+        return cls(ids, configs, sequence, floor_ids, floor_sequence)
+
+
+async def _warm(call: Call, ids: Sequence[str], keys: KeyStream, duration: float) -> None:
+    """Read every bot once, then read from the distribution for a short while (untimed)."""
+    for start in range(0, len(ids), 256):
+        for bot_id in ids[start : start + 256]:
+            await call(bot_id)
+        await checkpoint()
+    deadline = time.perf_counter() + min(0.25, duration / 4)
+    while time.perf_counter() < deadline:
+        for key in keys.take(64):
+            await call(key)
+        await checkpoint()
+
+
+async def _measure_floor(
+    floor: contextlib.AbstractAsyncContextManager[Call], keys: list[str], ids: Sequence[str], duration: float
+) -> Latency:
+    async with floor as call:
+        stream = KeyStream(keys)
+        await _warm(call, ids[:256], stream, duration)
+        gc.collect()
+        return await measure_latency(call, stream, duration=duration)
+
+
+async def _measure_miss(backend: BackendBase, ids: Sequence[str], duration: float, seed: int) -> Latency:
+    """Cold reads: clear every cache tier (not the store), then read each bot once; repeat."""
+    tiers = backend.tiers if isinstance(backend, TieredBackend) else ()
+    order = list(ids)
+    random.Random(seed).shuffle(order)
+    clock = time.perf_counter_ns
+    samples: list[float] = []
+    deadline = time.perf_counter() + duration
+    for _ in range(MAX_MISS_ROUNDS):
+        for tier in tiers:
+            await tier.clear()
+        for start in range(0, len(order), 16):
+            for bot_id in order[start : start + 16]:
+                begin = clock()
+                await backend.get_config(bot_id)
+                samples.append(clock() - begin)
+            await checkpoint()
+            if time.perf_counter() >= deadline and len(samples) >= 20:
+                return latency_from(samples)
+    return latency_from(samples)
+
+
+async def _measure_writes(
+    backend: BackendBase, ids: Sequence[str], configs: Sequence[dict[str, Any]], duration: float, seed: int
+) -> tuple[Latency, Latency, Latency, Latency]:
+    """deactivate -> read (after the invalidation) -> register (re-activate) -> read, bot after bot."""
+    order = list(ids)
+    random.Random(seed + 1).shuffle(order)
+    clock = time.perf_counter_ns
+    deactivate: list[float] = []
+    after_invalidation: list[float] = []
+    register: list[float] = []
+    after_register: list[float] = []
+    deadline = time.perf_counter() + duration
+    for cycle in range(MAX_WRITE_CYCLES):
+        bot_id = order[cycle % len(order)]
+        config = configs[(cycle + 1) % len(configs)]
+        begin = clock()
+        await backend.deactivate(bot_id)
+        middle = clock()
+        await backend.get_config(bot_id)
+        end = clock()
+        deactivate.append(middle - begin)
+        after_invalidation.append(end - middle)
+        begin = clock()
+        await backend.register(bot_id, config)
+        middle = clock()
+        await backend.get_config(bot_id)
+        end = clock()
+        register.append(middle - begin)
+        after_register.append(end - middle)
+        if cycle % 8 == 7:
+            await checkpoint()
+            if time.perf_counter() >= deadline and cycle >= 15:
+                break
+    return (
+        latency_from(deactivate),
+        latency_from(after_invalidation),
+        latency_from(register),
+        latency_from(after_register),
+    )
+
+
+class _Run:
+    def __init__(self, options: BenchOptions, endpoints: Endpoints, progress: Progress, prefix: str) -> None:
+        self.options = options
+        self.endpoints = endpoints
+        self.progress = progress
+        self.prefix = prefix
+        self.available: dict[ServiceName, str] = {}
+        self.tables: list[str] = []  # every PostgreSQL table this run may have created
+        self.result = BenchResult(
+            options, machine_info(), namespace=prefix, started_at=datetime.now(UTC).isoformat()
+        )
+        self.workload = _Workload.build(options)
+        self._steps = 0  # progress steps started for the current stack
+
+    async def probe(self) -> None:
+        for service in sorted(self.options.needs):
+            url = self.endpoints.url(service)
+            info: dict[str, Any] = {"source": self.endpoints.sources.get(service)}
+            if url is None:
+                info["error"] = self.endpoints.errors.get(service, "no URL given")
+            else:
+                info["url"] = redact_url(url)
+                try:
+                    probe = redis_version if service == "redis" else postgres_version
+                    info["version"] = await probe(url)
+                    self.available[service] = url
+                except Exception as exc:
+                    info["error"] = f"{redact_url(url)} does not answer: {type(exc).__name__}: {exc}"
+            self.result.services[service] = info
+
+    async def floors(self, *, repeat: bool = False) -> None:
+        """Measure the floors (``repeat``: again, for half as long, after the stacks).
+
+        The machine is shared and noisy, so each floor is measured twice -- before and after the
+        stacks -- and the repeat with the lower median is kept (both medians go in the JSON).
+        """
+        duration = self.options.duration / 2 if repeat else self.options.duration
+        w = self.workload
+        again = " (again)" if repeat else ""
+        self.progress.step(f"floor: async dict lookup{again}")
+        self._keep_floor(
+            "dict", await _measure_floor(dict_floor(w.ids, w.configs[0]), w.sequence, w.ids, duration)
+        )
+        for service in ("redis", "postgres"):
+            if service not in self.options.needs:
+                continue
+            name: FloorName = "redis_get" if service == "redis" else "pg_select"
+            self.progress.step(f"floor: {'redis-py GET' if service == 'redis' else 'asyncpg SELECT'}{again}")
+            url = self.available.get(service)
+            if url is None:
+                self.result.floor_errors[name] = f"{service} not available"
+                continue
+            floor: contextlib.AbstractAsyncContextManager[Call]
+            if service == "redis":
+                floor = redis_get_floor(url, self.prefix, w.floor_ids, w.configs[0])
+            else:
+                table = f"{self.prefix}_floor"
+                if table not in self.tables:
+                    self.tables.append(table)
+                floor = pg_select_floor(url, table, w.floor_ids, w.configs[0])
+            try:
+                self._keep_floor(name, await _measure_floor(floor, w.floor_sequence, w.floor_ids, duration))
+            except Exception as exc:
+                self.result.floor_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
+
+    def _keep_floor(self, name: FloorName, latency: Latency) -> None:
+        self.result.floor_repeats.setdefault(name, []).append(latency.median_ns)
+        best = self.result.floors.get(name)
+        if best is None or latency.median_ns < best.median_ns:
+            self.result.floors[name] = latency
+
+    def ratios(self) -> None:
+        """Each stack's hot-path median over its floor's (best) median."""
+        for stack in self.result.stacks:
+            floor = self.result.floors.get(stack.spec.floor)
+            if stack.get_config is not None and floor is not None and floor.median_ns > 0:
+                stack.ratio = stack.get_config.median_ns / floor.median_ns
+
+    async def stack(self, spec: StackSpec) -> StackResult:
+        result = StackResult(spec)
+        missing = sorted(spec.needs - set(self.available))
+        if missing:
+            result.status = "skipped"
+            result.reason = "; ".join(
+                f"{service}: {self.result.services.get(service, {}).get('error', 'not available')}"
+                for service in missing
+            )
+            self.progress.skip(STACK_STEPS, f"{spec.name}: skipped")
+            return result
+        started = time.perf_counter()
+        namespace = stack_namespace(self.prefix, spec)
+        if spec.store == "postgres":
+            self.tables.append(namespace)
+        self._steps = 0
+        self._step(f"{spec.name}: set up")
+        backend: BackendBase | None = None
+        try:
+            backend = await open_stack(
+                spec,
+                namespace,
+                redis_url=self.available.get("redis"),
+                postgres_dsn=self.available.get("postgres"),
+                bots=self.options.bots,
+            )
+            await self._measure(backend, result)
+        except ConfigurationError as exc:  # e.g. the module of an optional extra is missing
+            result.status = "skipped"
+            result.reason = str(exc)
+        except Exception as exc:
+            result.status = "failed"
+            result.reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.progress.skip(STACK_STEPS - 1 - self._steps, f"{spec.name}: failed")
+            self.progress.step(f"{spec.name}: clean up")
+            if backend is not None:
+                self.result.warnings.extend(await close_stack(backend))
+            result.seconds = time.perf_counter() - started
+        return result
+
+    def _check_local_hits(self, spec: StackSpec, hot: Latency, hits: int) -> None:
+        """A stack with a local tier must serve its hot path from it; say so if it did not."""
+        if "local" not in spec.tiers:
+            return
+        reads = hot.samples * hot.per
+        if hits < 0.9 * reads:
+            self.result.warnings.append(
+                f"{spec.name}: the local tier served only {hits} of about {reads} hot-path reads "
+                "(bypassed or evicting?): its get_config figures are not local hits"
+            )
+
+    def _step(self, description: str) -> None:
+        self._steps += 1
+        self.progress.step(description)
+
+    async def _measure(self, backend: BackendBase, result: StackResult) -> None:
+        """The measurement steps of one open stack (set up, hot path, throughput, miss, writes)."""
+        options, w, spec = self.options, self.workload, result.spec
+        await populate(backend, w.ids, w.configs)
+        call = backend.get_config
+        keys = KeyStream(w.sequence)
+        await _warm(call, w.ids, keys, options.duration)
+        gc.collect()
+        self._step(f"{spec.name}: get_config hot path")
+        hits_before = _local_hits(backend)
+        result.get_config = await measure_latency(call, keys, duration=options.duration)
+        self._check_local_hits(spec, result.get_config, _local_hits(backend) - hits_before)
+        self._step(f"{spec.name}: throughput x{options.concurrency}")
+        result.throughput = await measure_throughput(
+            call, keys, concurrency=options.concurrency, duration=options.duration
+        )
+        self._step(f"{spec.name}: miss path")
+        result.miss = await _measure_miss(backend, w.ids, options.duration, options.seed)
+        self._step(f"{spec.name}: register / deactivate / invalidation")
+        (
+            result.deactivate,
+            result.read_after_invalidation,
+            result.register,
+            result.read_after_register,
+        ) = await _measure_writes(backend, w.ids, w.configs, options.duration, options.seed)
+        if isinstance(backend, TieredBackend):
+            result.tier_stats = backend.stats()
+
+    async def sweep(self) -> None:
+        """Remove anything left under this run's prefix, whatever happened before."""
+        self.result.warnings.extend(
+            await remove_namespace(
+                self.prefix,
+                redis_url=self.available.get("redis"),
+                postgres_dsn=self.available.get("postgres"),
+                tables=self.tables,
+            )
+        )
+
+
+def _local_hits(backend: BackendBase) -> int:
+    if not isinstance(backend, TieredBackend):
+        return 0
+    return backend.stats().get("local", {}).get("hits", 0)
+
+
+def new_run_prefix() -> str:
+    """A fresh ``trb_<10 hex>``: every key and table of one run starts with it."""
+    return f"trb_{uuid.uuid4().hex[:10]}"
+
+
+async def run_bench(
+    options: BenchOptions,
+    endpoints: Endpoints,
+    progress: Progress | None = None,
+    *,
+    prefix: str | None = None,
+) -> BenchResult:
+    """Measure the floors and every stack of ``options``; never leaves data behind on the servers.
+
+    Every Redis key and PostgreSQL table of the run starts with ``prefix`` (default: a fresh
+    :func:`new_run_prefix`). A stack whose server is unavailable is skipped, one that fails is
+    marked failed; both say why. Cancellation (Ctrl-C under ``asyncio.run``) still closes what is
+    open and removes this run's data.
+    """
+    if prefix is None:
+        prefix = new_run_prefix()
+    elif not re.fullmatch(r"[a-z][a-z0-9_]{0,20}", prefix):
+        raise ValueError(f"prefix must be a short lowercase identifier, got {prefix!r}")
+    run = _Run(options, endpoints, progress or Progress(), prefix)
+    run.progress.begin(steps_for(options))
+    started = time.perf_counter()
+    try:
+        await run.probe()
+        await run.floors()
+        for spec in options.stacks:
+            run.result.stacks.append(await run.stack(spec))
+        await run.floors(repeat=True)
+        run.ratios()
+    finally:
+        await run.sweep()
+        run.result.seconds = time.perf_counter() - started
+    return run.result

