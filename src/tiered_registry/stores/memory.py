@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
+from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
 from ..frozen import FrozenDict
 from ..models import Registration, utcnow
@@ -22,20 +23,28 @@ __all__ = ["InMemoryBackend"]
 class InMemoryBackend(BackendBase):
     """A registry in this process's memory (lost when the process ends).
 
-    Accesses are applied immediately (no write-behind: it is a dict store).
+    Accesses are written behind in batches like every store's (a read notes the bot id; no clock,
+    no copy of the record per read), so ``last_accessed_at`` lags by at most
+    ``access_flush_interval`` seconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL) -> None:
         self._records: dict[str, Registration] = {}
+        self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(bots={len(self._records)})"
 
     async def _initialize(self) -> None:
-        pass
+        self._recorder.start()
 
     async def _close(self) -> None:
+        await self._recorder.stop()
         self._records = {}
+
+    async def flush_accesses(self) -> None:
+        self._check_open()
+        await self._recorder.flush()
 
     async def _register(
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
@@ -57,8 +66,7 @@ class InMemoryBackend(BackendBase):
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
         record = self._records.get(bot_id)
         if record is not None and touch:
-            record = record.with_changes(last_accessed_at=utcnow())
-            self._records[bot_id] = record
+            self._recorder.record(bot_id)
         return record
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
