@@ -9,36 +9,14 @@ run on one event loop kept for the whole session (``bench_loop``).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import pytest
+from tests.services import database_url, redis_url
 
 from tiered_registry.bench.runner import new_run_prefix
 
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from tiered_registry.embedded import embedded_redis
-
-    with embedded_redis() as started:
-        yield started
-
-
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from tiered_registry.embedded import embedded_postgres
-
-    with embedded_postgres() as started:
-        yield started
+__all__ = ["database_url", "redis_url"]  # the test suite's server fixtures
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ when a test asks for it.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -17,29 +16,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from .services import database_url, redis_url
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from tiered_registry.embedded import embedded_redis
-
-    with embedded_redis() as started:
-        yield started
-
-
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from tiered_registry.embedded import embedded_postgres
-
-    with embedded_postgres() as started:
-        yield started
+__all__ = ["database_url", "redis_url"]  # fixtures defined in tests/services.py
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ Backends (all implement :class:`RegistryBackend`): :class:`InMemoryBackend`, ``R
 ``PostgresBackend``, and the caching decorator ``TieredBackend`` that layers them.
 """
 
+from typing import TYPE_CHECKING
+
 from .base import BackendBase
 from .errors import (
     BackendClosedError,
@@ -54,3 +56,31 @@ __all__ = [
     "thaw",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # for type checkers the lazy names below are ordinary imports
+    from .coherence import InvalidationChannel
+    from .stores.postgres import PostgresBackend
+    from .stores.redis import RedisBackend
+    from .tiers.redis import RedisCache
+
+# Parts that need an optional extra are imported on first use, so `import tiered_registry` works
+# without redis-py or asyncpg installed (pip install 'tiered-registry[redis,postgres]').
+_LAZY = {
+    "RedisBackend": "tiered_registry.stores.redis",
+    "PostgresBackend": "tiered_registry.stores.postgres",
+    "RedisCache": "tiered_registry.tiers.redis",
+    "InvalidationChannel": "tiered_registry.coherence",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tiered_registry' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_LAZY])

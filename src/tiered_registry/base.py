@@ -10,6 +10,7 @@ storage), check that the backend is open, and derive the extended surface (``lis
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -38,10 +39,14 @@ class BackendBase(abc.ABC):
     async def initialize(self) -> None:
         if self._state == _OPEN:
             return
-        if self._state == _CLOSED:
-            raise BackendClosedError(f"{self!r} was closed; create a new backend")
-        await self._initialize()
-        self._state = _OPEN
+        lock = self.__dict__.setdefault("_initialize_lock", asyncio.Lock())
+        async with lock:  # two tasks initializing at once: the second waits for the first
+            if self._state == _OPEN:
+                return
+            if self._state == _CLOSED:
+                raise BackendClosedError(f"{self!r} was closed; create a new backend")
+            await self._initialize()
+            self._state = _OPEN
 
     async def close(self) -> None:
         if self._state == _CLOSED:

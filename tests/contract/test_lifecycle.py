@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tiered_registry import (
@@ -63,3 +65,14 @@ async def test_async_with_initializes_and_closes(stack: StackSpec, request, name
         await stack.teardown(backend)
     with pytest.raises(BackendClosedError):
         await backend.get("bot")
+
+
+async def test_concurrent_initialize_runs_once(stack: StackSpec, request, namespace) -> None:
+    backend = stack.build(Services(request), namespace)
+    await asyncio.gather(*(backend.initialize() for _ in range(5)))
+    try:
+        await backend.register("bot", {"a": 1})
+        assert await backend.get_config("bot") == {"a": 1}
+    finally:
+        await stack.teardown(backend)
+        await backend.close()
