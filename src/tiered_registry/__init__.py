@@ -58,10 +58,10 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # for type checkers the lazy names below are ordinary imports
-    from .coherence import InvalidationChannel
-    from .stores.postgres import PostgresBackend
-    from .stores.redis import RedisBackend
-    from .tiers.redis import RedisCache
+    from .coherence import InvalidationChannel as InvalidationChannel
+    from .stores.postgres import PostgresBackend as PostgresBackend
+    from .stores.redis import RedisBackend as RedisBackend
+    from .tiers.redis import RedisCache as RedisCache
 
 # Parts that need an optional extra are imported on first use, so `import tiered_registry` works
 # without redis-py or asyncpg installed (pip install 'tiered-registry[redis,postgres]').
