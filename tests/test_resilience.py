@@ -82,3 +82,33 @@ async def test_a_stopped_redis_costs_no_timeout_per_request(redis_over_postgres,
     await asyncio.sleep(0.4)  # past reset_timeout: the next request tries Redis again
     assert await stack.exists("bot") is False
     assert (await stack.get("bot")).status == "inactive"
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b'{"bot_id": "bot"}', b"[]", b"\xff\xfe"])
+async def test_a_corrupt_redis_tier_value_is_a_miss_logged_once_and_repaired(
+    redis_url, database_url, namespace, caplog, garbage
+) -> None:
+    stack = TieredBackend(
+        tiers=[RedisCache(redis_url, namespace=namespace)],
+        store=PostgresBackend(database_url, table=namespace),
+    )
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        async with stack:
+            await stack.register("bot", {"v": 1})
+            await stack.register("other", {"v": 2})
+            for bot_id in ("bot", "other"):
+                await raw.set(f"{{{namespace}}}:c:{bot_id}", garbage)
+            with caplog.at_level("WARNING", logger="tiered_registry"):
+                assert await stack.get_config("bot") == {"v": 1}  # from the store
+                assert await stack.get_config("other") == {"v": 2}
+            warnings = [r for r in caplog.records if "undecodable" in r.getMessage()]
+            assert len(warnings) == 1  # logged once, counted always
+            assert stack.stats()["redis"]["errors"] == 2
+            hits = stack.stats()["redis"]["hits"]
+            assert await stack.get_config("bot") == {"v": 1}  # repaired: a hit now
+            assert stack.stats()["redis"]["hits"] == hits + 1
+            await stack.clear()
+            await stack.store.drop()  # type: ignore[attr-defined]
+    finally:
+        await raw.aclose()
