@@ -8,15 +8,24 @@ a decoded config can be cached and shared as is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
+from cachetools import LRUCache
 
 from .errors import RegistryError
 from .models import Registration
 
-__all__ = ["CodecError", "decode_registration", "dumps", "encode_registration", "loads"]
+__all__ = [
+    "CodecError",
+    "DecodeCache",
+    "decode_registration",
+    "dumps",
+    "encode_registration",
+    "loads",
+]
 
 
 class CodecError(RegistryError, ValueError):
@@ -66,3 +75,31 @@ def decode_registration(data: bytes | bytearray | memoryview | str) -> Registrat
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CodecError(f"stored registration is malformed: {exc!r}") from exc
+
+
+_Decoded = TypeVar("_Decoded")
+
+
+class DecodeCache(Generic[_Decoded]):
+    """Decode each distinct stored payload once: ``cache(raw)`` = ``decode(raw)``, remembered.
+
+    Keyed by the exact stored bytes (or text), so a hit can never be stale: other content is
+    another key. A bot read again and again from Redis or PostgreSQL then costs a hash of its
+    payload instead of JSON parsing plus freezing every nested container (which is most of a
+    store's overhead over the raw round trip). Bounded LRU; ``maxsize=0`` turns it off.
+    Decode errors propagate and are not remembered.
+    """
+
+    def __init__(self, decode: Callable[[Any], _Decoded], maxsize: int = 1024) -> None:
+        self._decode = decode
+        self._cache: LRUCache[Any, _Decoded] | None = LRUCache(maxsize) if maxsize > 0 else None
+
+    def __call__(self, raw: bytes | str) -> _Decoded:
+        cache = self._cache
+        if cache is None:
+            return self._decode(raw)
+        value = cache.get(raw)
+        if value is None:
+            value = self._decode(raw)
+            cache[raw] = value
+        return value

@@ -41,7 +41,7 @@ import asyncpg
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
-from ..codec import dumps, loads
+from ..codec import DecodeCache, dumps, loads
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
@@ -149,6 +149,10 @@ class _Sql:
         return f"${len(self.params)}"
 
 
+def _decode_config(text: str) -> FrozenDict:
+    return freeze(loads(text))
+
+
 class PostgresBackend(BackendBase):
     """A registry in one PostgreSQL table, created on :meth:`initialize` if missing.
 
@@ -209,6 +213,8 @@ class PostgresBackend(BackendBase):
         self._max_size = max_size
         self._secrets = _secrets(self._dsn) if self._dsn else []
         self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
+        # Repeated reads of one config skip parsing and freezing (keyed by the stored text).
+        self._decode_config = DecodeCache(_decode_config)
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
         self._lease: LeasedConnections | None = None
 
@@ -441,7 +447,7 @@ class PostgresBackend(BackendBase):
             return None
         if touch:
             self._recorder.record(bot_id)
-        return freeze(loads(text))
+        return self._decode_config(text)
 
     async def _exists(self, bot_id: str) -> bool:
         return await self._fetchval("exists", self._sql_exists, bot_id) is True

@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
-from ..codec import CodecError, dumps, loads
+from ..codec import CodecError, DecodeCache, dumps, loads
 from ..errors import ConfigurationError
 from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
@@ -200,6 +200,7 @@ class RedisBackend(BackendBase):
         ]
         self._recorder = AccessRecorder(self._record_accesses, interval=float(access_flush_interval))
         self._warned_corrupt = False
+        self._decode_config = DecodeCache(_json_object)  # repeated reads skip parsing and freezing
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._target!r}, namespace={self.namespace!r})"
@@ -422,7 +423,7 @@ class RedisBackend(BackendBase):
         if raw is None:
             return None
         try:
-            config = _json_object(raw)
+            config = self._decode_config(raw)
         except CodecError as exc:
             self._corrupt(bot_id, exc)
             return None

@@ -22,9 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from cachetools import LRUCache
-
-from ..codec import CodecError, decode_registration, encode_registration
+from ..codec import CodecError, DecodeCache, decode_registration, encode_registration
 from ..errors import ConfigurationError
 from ..models import Registration
 from ..redis_client import make_client, map_redis_errors, redact_url, validate_namespace
@@ -88,9 +86,7 @@ class RedisCache(CacheTier):
         self._version_prefix = f"{prefix}:v:"
         self._epoch_key = f"{prefix}:epoch"
         self._warned_corrupt = False
-        self._decoded: LRUCache[bytes, Registration] | None = (
-            LRUCache(maxsize=decode_cache_size) if decode_cache_size > 0 else None
-        )
+        self._decode = DecodeCache(decode_registration, decode_cache_size)
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -128,17 +124,12 @@ class RedisCache(CacheTier):
         if value == _MISSING:
             self.stats.hits += 1
             return ABSENT, token
-        decoded = self._decoded
-        record = decoded.get(value) if decoded is not None else None
-        if record is None:
-            try:
-                record = decode_registration(value)
-            except CodecError as exc:
-                self._note_corrupt(bot_id, exc)
-                self.stats.misses += 1
-                return None, token  # the fill that follows repairs it from the store
-            if decoded is not None:
-                decoded[value] = record
+        try:
+            record = self._decode(value)
+        except CodecError as exc:
+            self._note_corrupt(bot_id, exc)
+            self.stats.misses += 1
+            return None, token  # the fill that follows repairs it from the store
         self.stats.hits += 1
         return record, token
 
