@@ -5,21 +5,19 @@ Design notes (the why):
 - Every write is ONE statement (an ``INSERT ... ON CONFLICT ... RETURNING`` upsert, an
   ``UPDATE``/``DELETE ... RETURNING``), so a failed write changes nothing and concurrent writers
   of one bot always leave a whole record.
-- Values only ever travel as bind parameters; the only names spliced into SQL are the table and
-  schema, which are checked against an identifier pattern and quoted.
-- ``bot_id`` and ``status`` are ``COLLATE "C"``: code-point order, the order Python's ``sorted``
-  gives, whatever the database's locale. Sorting and keyset paging then agree with
-  :class:`~tiered_registry.query.Query` and can use the primary key.
+- The SQL text (every statement, and a :class:`~tiered_registry.query.Query` as ``WHERE``/
+  ``ORDER BY``/``LIMIT``) is in :mod:`~tiered_registry.stores._pgsql`, with why values only
+  travel as bind parameters and why ``bot_id`` and ``status`` are ``COLLATE "C"``.
 - JSON crosses the wire as text (``config::text`` out, ``$n::text::jsonb`` in) and is parsed with
   orjson here, instead of through a connection-level jsonb codec: the server does the same work
   either way (``jsonb_out``/``jsonb_in``), and a pool passed in by the caller then works whatever
   codecs it has (or has not) registered.
 - ``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
   costs no write; one ``UPDATE`` per flush touches only that column.
-- No statement here changes session state (no ``SET``, ``LISTEN``, session advisory lock, or
-  cursor outside a transaction), so a connection needs no cleaning between two statements. The
-  pool we create therefore skips asyncpg's per-release reset (``RESET ALL``, ``UNLISTEN *``...,
-  one more round trip), and keeps its connections checked out
+- No statement of this backend changes session state (no ``SET``, ``LISTEN``, session advisory
+  lock, or cursor outside a transaction), so a connection needs no cleaning between two
+  statements. The pool we create therefore skips asyncpg's per-release reset (``RESET ALL``,
+  ``UNLISTEN *``..., one more round trip), and keeps its connections checked out
   (:class:`~tiered_registry.stores._pglease.LeasedConnections`), handing them from task to task
   instead of a pool acquire/release per statement. Measured on loopback, ``get_config`` of a
   2 KB config: ~190-260 µs, against ~300-375 µs through ``pool.fetchval`` with the default
@@ -30,8 +28,6 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -45,15 +41,13 @@ from ..codec import DecodeCache, dumps, loads
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
-from ..query import Query, SortKey
+from ..query import Query
 from ._pglease import Connection, LeasedConnections
+from ._pgsql import ADVISORY_LOCK, NESTED, SCHEMA_EXISTS, TABLE_EXISTS, Statements, check_identifier
 
 __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
-
-_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_MAX_IDENTIFIER: Final = 63
 
 # Driver errors that mean "the server could not be reached or failed", as opposed to a bug.
 _UNAVAILABLE: Final = (
@@ -66,37 +60,9 @@ _UNAVAILABLE: Final = (
     asyncpg.InvalidCatalogNameError,  # database does not exist when (re)connecting
 )
 
-_COLUMNS: Final = "bot_id, config::text, status, metadata::text, created_at, updated_at, last_accessed_at"
-# jsonb type ranks of query.py: null < string < number < boolean < array < object
-_JSON_RANK: Final = (
-    "CASE jsonb_typeof(metadata -> {k}) WHEN 'null' THEN 0 WHEN 'string' THEN 1 WHEN 'number' THEN 2"
-    " WHEN 'boolean' THEN 3 WHEN 'array' THEN 4 ELSE 5 END"
-)
-
 
 async def _keep_session(connection: object) -> None:
     """Pool ``reset`` hook: nothing to undo (see the module notes), so skip the round trip."""
-
-
-def _quote(identifier: str) -> str:
-    return f'"{identifier}"'
-
-
-def _check_identifier(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
-        raise ConfigurationError(
-            f"{what} must match {_IDENTIFIER.pattern} (letters, digits, underscore), got {value!r}"
-        )
-    return value
-
-
-def _index_name(table: str, suffix: str) -> str:
-    """``<table>_<suffix>``, shortened with a hash when PostgreSQL would truncate it (63 bytes)."""
-    name = f"{table}_{suffix}"
-    if len(name) <= _MAX_IDENTIFIER:
-        return name
-    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
-    return f"{table[: _MAX_IDENTIFIER - len(suffix) - 10]}_{digest}_{suffix}"
 
 
 def _is_password_key(key: str) -> bool:
@@ -136,19 +102,6 @@ def _secrets(dsn: str) -> list[str]:
     return [s for raw in found for s in {raw, unquote(raw)} if s]
 
 
-class _Sql:
-    """Bind parameters of one statement under construction: ``add(value)`` returns ``$n``."""
-
-    __slots__ = ("params",)
-
-    def __init__(self) -> None:
-        self.params: list[Any] = []
-
-    def add(self, value: Any) -> str:
-        self.params.append(value)
-        return f"${len(self.params)}"
-
-
 def _decode_config(text: str) -> FrozenDict:
     return freeze(loads(text))
 
@@ -179,8 +132,8 @@ class PostgresBackend(BackendBase):
         min_size: int = 1,
         max_size: int = 10,
     ) -> None:
-        self._table = _check_identifier(table, "table")
-        self._schema = _check_identifier(schema, "schema")
+        table = check_identifier(table, "table")
+        self._sql = Statements(check_identifier(schema, "schema"), table)
         if isinstance(dsn_or_pool, asyncpg.Pool):
             self._dsn: str | None = None
             self._pool: asyncpg.Pool[Any] | None = dsn_or_pool
@@ -218,27 +171,6 @@ class PostgresBackend(BackendBase):
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
         self._lease: LeasedConnections | None = None
 
-        t = self.qualified_table
-        self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE bot_id = $1"
-        self._sql_get_config = f"SELECT config::text FROM {t} WHERE bot_id = $1"
-        self._sql_exists = f"SELECT status = 'active' FROM {t} WHERE bot_id = $1"
-        self._sql_register = (
-            f"INSERT INTO {t} AS r"
-            " (bot_id, config, status, metadata, created_at, updated_at, last_accessed_at)"
-            " VALUES ($1, $2::text::jsonb, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $5, $5)"
-            " ON CONFLICT (bot_id) DO UPDATE SET config = EXCLUDED.config, status = EXCLUDED.status,"
-            " metadata = COALESCE($4::text::jsonb, r.metadata), updated_at = EXCLUDED.updated_at"
-            " RETURNING created_at, last_accessed_at, CASE WHEN $4::text IS NULL THEN metadata::text END"
-        )
-        self._sql_deactivate = (
-            f"UPDATE {t} SET status = 'inactive', updated_at = $2 WHERE bot_id = $1 RETURNING true"
-        )
-        self._sql_unregister = f"DELETE FROM {t} WHERE bot_id = $1 RETURNING true"
-        self._sql_touch = (
-            f"UPDATE {t} SET last_accessed_at = $2 WHERE bot_id = ANY($1::text[]) AND last_accessed_at < $2"
-        )
-        self._sql_list_ids = f"SELECT bot_id FROM {t} WHERE status = 'active' ORDER BY bot_id"
-
     def __repr__(self) -> str:
         source = f"dsn={_mask_dsn(self._dsn)!r}" if self._dsn is not None else "pool=<caller's asyncpg.Pool>"
         return f"PostgresBackend({source}, table={self.qualified_table!r})"
@@ -246,7 +178,7 @@ class PostgresBackend(BackendBase):
     @property
     def qualified_table(self) -> str:
         """The quoted ``"schema"."table"`` this backend keeps its rows in."""
-        return f"{_quote(self._schema)}.{_quote(self._table)}"
+        return self._sql.table
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -334,41 +266,19 @@ class PostgresBackend(BackendBase):
         the table is missing (checked first without the lock, then again under it), so a role
         with only DML rights can use a table created beforehand.
         """
-        t = self.qualified_table
-        ddl = (
-            f"CREATE TABLE IF NOT EXISTS {t} ("
-            ' bot_id text COLLATE "C" PRIMARY KEY,'
-            " config jsonb NOT NULL,"
-            " status text COLLATE \"C\" NOT NULL DEFAULT 'active'"
-            " CHECK (status IN ('active', 'inactive', 'error')),"
-            " metadata jsonb NOT NULL DEFAULT '{}'::jsonb,"
-            " created_at timestamptz NOT NULL,"
-            " updated_at timestamptz NOT NULL,"
-            " last_accessed_at timestamptz NOT NULL);"
-            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(self._table, 'status'))}"
-            f" ON {t} (status, bot_id);"
-            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(self._table, 'metadata'))}"
-            f" ON {t} USING gin (metadata jsonb_path_ops);"
-        )
-        exists_sql = "SELECT to_regclass($1) IS NOT NULL"
+        t, schema = self._sql.table, self._sql.schema
         try:
             async with self._db.acquire() as conn:
-                if await conn.fetchval(exists_sql, t):
+                if await conn.fetchval(TABLE_EXISTS, t):
                     return
                 async with conn.transaction():
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tiered_registry:{t}"
-                    )
-                    if await conn.fetchval(exists_sql, t):
+                    await conn.execute(ADVISORY_LOCK, f"tiered_registry:{t}")
+                    if await conn.fetchval(TABLE_EXISTS, t):
                         return  # another process created it while we waited
-                    schema = _quote(self._schema)
-                    if not await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", schema):
-                        await conn.execute(
-                            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                            f"tiered_registry:{schema}",
-                        )
-                        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-                    await conn.execute(ddl)
+                    if not await conn.fetchval(SCHEMA_EXISTS, schema):
+                        await conn.execute(ADVISORY_LOCK, f"tiered_registry:{schema}")
+                        await conn.execute(self._sql.create_schema)
+                    await conn.execute(self._sql.create_table)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, "create table") from exc
 
@@ -396,7 +306,7 @@ class PostgresBackend(BackendBase):
         """
         self._check_open()
         self._recorder.pending.clear()
-        await self._execute("drop table", f"DROP TABLE IF EXISTS {self.qualified_table}")
+        await self._execute("drop table", self._sql.drop)
 
     async def flush_accesses(self) -> None:
         """Write pending ``last_accessed_at`` updates now (one ``UPDATE``)."""
@@ -410,7 +320,7 @@ class PostgresBackend(BackendBase):
         now = utcnow()
         metadata_json = None if metadata is None else dumps(metadata).decode()
         row = await self._fetchrow(
-            "register", self._sql_register, bot_id, dumps(config).decode(), status, metadata_json, now
+            "register", self._sql.register, bot_id, dumps(config).decode(), status, metadata_json, now
         )
         assert row is not None  # an upsert always returns its row
         created_at, last_accessed_at, stored_metadata = row
@@ -419,22 +329,22 @@ class PostgresBackend(BackendBase):
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        return await self._fetchval("deactivate", self._sql_deactivate, bot_id, utcnow()) is True
+        return await self._fetchval("deactivate", self._sql.deactivate, bot_id, utcnow()) is True
 
     async def _unregister(self, bot_id: str) -> bool:
-        return await self._fetchval("unregister", self._sql_unregister, bot_id) is True
+        return await self._fetchval("unregister", self._sql.unregister, bot_id) is True
 
     async def _clear(self) -> None:
-        await self._execute("clear", f"DELETE FROM {self.qualified_table}")
+        await self._execute("clear", self._sql.clear)
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         """One statement for the whole batch; touches only ``last_accessed_at``, never moves it back."""
-        await self._execute("record accesses", self._sql_touch, list(bot_ids), at)
+        await self._execute("record accesses", self._sql.touch, list(bot_ids), at)
 
     # ---- point reads -----------------------------------------------------------------------
 
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
-        row = await self._fetchrow("get", self._sql_get, bot_id)
+        row = await self._fetchrow("get", self._sql.get, bot_id)
         if row is None:
             return None
         if touch:
@@ -442,7 +352,7 @@ class PostgresBackend(BackendBase):
         return self._decode(row)
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
-        text = await self._fetchval("get_config", self._sql_get_config, bot_id)
+        text = await self._fetchval("get_config", self._sql.get_config, bot_id)
         if text is None:
             return None
         if touch:
@@ -450,75 +360,14 @@ class PostgresBackend(BackendBase):
         return self._decode_config(text)
 
     async def _exists(self, bot_id: str) -> bool:
-        return await self._fetchval("exists", self._sql_exists, bot_id) is True
+        return await self._fetchval("exists", self._sql.exists, bot_id) is True
 
     # ---- lists and counts ------------------------------------------------------------------
 
-    def _where(self, query: Query, sql: _Sql) -> list[str]:
-        """``status`` equality, and per-key jsonb EQUALITY for ``filter_metadata``.
-
-        Containment (``@>``) alone is not equality (``["x"]`` is contained in ``["x", "y"]``), so
-        it only narrows the rows through the GIN index; ``metadata -> key = value`` decides.
-        """
-        clauses: list[str] = []
-        if query.status is not None:
-            clauses.append(f"status = {sql.add(query.status)}")
-        if query.filter_metadata:
-            clauses.append(f"metadata @> {sql.add(dumps(query.filter_metadata).decode())}::text::jsonb")
-            for key, value in query.filter_metadata.items():
-                k, v = sql.add(key), sql.add(dumps(value).decode())
-                clauses.append(f"metadata -> {k}::text = {v}::text::jsonb")
-        return clauses
-
-    @staticmethod
-    def _order_by(sort: Sequence[SortKey], sql: _Sql) -> tuple[list[str], list[str]]:
-        """ORDER BY terms matching ``Query.order``, and the metadata keys sorted on.
-
-        A metadata key sorts present-before-missing in both directions, then by jsonb type rank,
-        then by the value of its type (strings in code-point order). Arrays and objects are
-        ordered differently by PostgreSQL and by ``Query.order`` (see :meth:`_select`).
-        """
-        terms: list[str] = []
-        keys: list[str] = []
-        for key in sort:
-            direction = " DESC" if key.descending else ""
-            if key.metadata_key is None:
-                terms.append(f"{key.field}{direction}")
-                continue
-            k = f"{sql.add(key.metadata_key)}::text"
-            keys.append(k)
-            typ = f"jsonb_typeof(metadata -> {k})"
-            terms += [
-                f"(metadata ? {k}) DESC",
-                _JSON_RANK.format(k=k) + direction,
-                f"(CASE WHEN {typ} = 'string' THEN metadata ->> {k} END) COLLATE \"C\"{direction}",
-                f"(CASE WHEN {typ} = 'number' THEN (metadata -> {k})::numeric END){direction}",
-                f"(CASE WHEN {typ} = 'boolean' THEN (metadata -> {k})::boolean END){direction}",
-            ]
-        terms.append("bot_id")
-        return terms, keys
-
     async def _select(self, query: Query) -> list[Registration]:
-        sql = _Sql()
-        where = self._where(query, sql)
-        order, metadata_keys = self._order_by(query.sort, sql)
-        columns = _COLUMNS
-        if metadata_keys:
-            # Before LIMIT: does any matching row hold an array/object under a sort key?
-            nested = " OR ".join(
-                f"jsonb_typeof(metadata -> {k}) IN ('array', 'object')" for k in metadata_keys
-            )
-            columns += f", bool_or({nested}) OVER ()"
-        text = f"SELECT {columns} FROM {self.qualified_table}"
-        if where:
-            text += " WHERE " + " AND ".join(where)
-        text += " ORDER BY " + ", ".join(order)
-        if query.limit is not None:
-            text += f" LIMIT {sql.add(query.limit)}"
-        if query.offset:
-            text += f" OFFSET {sql.add(query.offset)}"
-        rows = await self._fetch("list", text, *sql.params)
-        if metadata_keys and rows and rows[0][7]:
+        text, params, checks_nested = self._sql.select(query)
+        rows = await self._fetch("list", text, *params)
+        if checks_nested and rows and rows[0][NESTED]:
             # Rare: jsonb orders arrays/objects by size first, Query.order by their JSON text.
             # Sort the whole filtered set in Python so every backend returns the same list.
             matching = await self._select(Query(status=query.status, filter_metadata=query.filter_metadata))
@@ -526,31 +375,20 @@ class PostgresBackend(BackendBase):
         return [self._decode(row) for row in rows]
 
     async def _count(self, query: Query) -> int:
-        sql = _Sql()
-        where = self._where(query, sql)
-        text = f"SELECT count(*) FROM {self.qualified_table}"
-        if where:
-            text += " WHERE " + " AND ".join(where)
-        return int(await self._fetchval("count", text, *sql.params))
+        text, params = self._sql.count(query)
+        return int(await self._fetchval("count", text, *params))
 
     async def _list_ids(self) -> list[str]:
-        rows = await self._fetch("list_ids", self._sql_list_ids)
+        rows = await self._fetch("list_ids", self._sql.list_ids)
         return [row[0] for row in rows]
 
     async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
         """Keyset pagination on ``bot_id``: bounded memory, and no connection held between batches."""
-        sql = _Sql()
-        where = self._where(query, sql)
-        prefix = f"SELECT {_COLUMNS} FROM {self.qualified_table} WHERE "
-        limit = sql.add(batch_size)
-        last = sql.add("")
-        first_text = prefix + " AND ".join(where or ["true"]) + f" ORDER BY bot_id LIMIT {limit}"
-        next_text = prefix + " AND ".join([*where, f"bot_id > {last}"]) + f" ORDER BY bot_id LIMIT {limit}"
-        rows = await self._fetch("stream", first_text, *sql.params[:-1])
+        first_text, next_text, params = self._sql.stream(query, batch_size)
+        rows = await self._fetch("stream", first_text, *params)
         while rows:
             for row in rows:
                 yield self._decode(row)
             if len(rows) < batch_size:
                 return
-            params = [*sql.params[:-1], rows[-1][0]]
-            rows = await self._fetch("stream", next_text, *params)
+            rows = await self._fetch("stream", next_text, *params, rows[-1][0])

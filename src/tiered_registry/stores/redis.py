@@ -12,9 +12,9 @@ Data model (every key under the hash tag ``{ns}``, so a cluster keeps a namespac
 A bot id is only ever a key *suffix* and a set *member*, never part of a pattern, so ids such as
 ``a:b``, ``*`` or ``{x}`` cannot reach outside the namespace.
 
-Why the writes are Lua scripts: each is one round trip and atomic (record and indexes always
-agree), and each starts with the write that can fail on a foreign value under our key
-(``WRONGTYPE``), so a failure leaves nothing half-written — which MULTI/EXEC does not promise.
+The record format — the Lua scripts that write it (one round trip each, atomic, nothing
+half-written when a foreign value sits under our key) and the decoding of what is read back —
+is in :mod:`~tiered_registry.stores._redis_records`, which says why.
 
 ``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
 costs no write, and one script call per flush sets only that field, only on records that still
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import redis.asyncio as aredis
@@ -34,9 +34,9 @@ from redis.exceptions import ResponseError
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
-from ..codec import CodecError, DecodeCache, dumps, loads
+from ..codec import CodecError, DecodeCache, dumps
 from ..errors import ConfigurationError
-from ..frozen import FrozenDict, freeze
+from ..frozen import FrozenDict
 from ..models import Registration, utcnow
 from ..query import Query, metadata_matches
 from ..redis_client import (
@@ -51,95 +51,21 @@ from ..redis_client import (
     unavailable_error,
     validate_namespace,
 )
-from ..validation import STATUSES
+from ._redis_records import (
+    FIELDS,
+    STATUS_ORDER,
+    Scripts,
+    json_object,
+    load_object,
+    parse_record,
+    wrong_type,
+)
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger(__name__)
 
-_STATUS_ORDER: Final = tuple(sorted(STATUSES))
-_FIELDS: Final = ("config", "status", "metadata", "created_at", "updated_at", "last_accessed_at")
 _BATCH: Final = 500  # ids per ZRANGE / HMGET pipeline / UNLINK: bounded memory, short server work
-_TOUCH_BATCH: Final = 1000  # records per access-flush script call (bounds the time Redis is busy)
-
-# KEYS: record, all, one set per status (_STATUS_ORDER)
-# ARGV: bot_id, config, status, index of its set in KEYS, now, metadata ('' keeps the stored one)
-_REGISTER: Final = """
-local key, id, now = KEYS[1], ARGV[1], ARGV[5]
-redis.call('HSET', key, 'config', ARGV[2], 'status', ARGV[3], 'updated_at', now)
-redis.call('HSETNX', key, 'created_at', now)
-redis.call('HSETNX', key, 'last_accessed_at', now)
-local keep = ARGV[6] == ''
-if keep then
-  redis.call('HSETNX', key, 'metadata', '{}')
-else
-  redis.call('HSET', key, 'metadata', ARGV[6])
-end
-redis.call('ZADD', KEYS[2], 0, id)
-local own = tonumber(ARGV[4])
-for i = 3, #KEYS do
-  if i == own then redis.call('ZADD', KEYS[i], 0, id) else redis.call('ZREM', KEYS[i], id) end
-end
-if keep then
-  return redis.call('HMGET', key, 'created_at', 'last_accessed_at', 'metadata')
-end
-return redis.call('HMGET', key, 'created_at', 'last_accessed_at')
-"""
-# KEYS: record, the inactive set, the other status sets; ARGV: bot_id, now
-_DEACTIVATE: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'inactive', 'updated_at', ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return 1
-"""
-# KEYS: record, all, the status sets; ARGV: bot_id
-_UNREGISTER: Final = """
-local existed = redis.call('UNLINK', KEYS[1])
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return existed
-"""
-# KEYS: records; ARGV: the access time. HGET is false for a deleted record: never recreated.
-_TOUCH: Final = """
-local n = 0
-for _, key in ipairs(KEYS) do
-  local old = redis.call('HGET', key, 'last_accessed_at')
-  if old and old < ARGV[1] then
-    redis.call('HSET', key, 'last_accessed_at', ARGV[1])
-    n = n + 1
-  end
-end
-return n
-"""
-
-
-def _stamp(moment: datetime) -> str:
-    """Fixed-width ISO-8601 in UTC (``isoformat`` alone drops ``.000000``, breaking string order)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    elif moment.utcoffset():
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")
-
-
-def _wrong_type(exc: BaseException) -> bool:
-    """A foreign value of another type under our key (``WRONGTYPE``): a corrupt record, not a bug."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
-
-
-def _load_object(raw: bytes | None) -> dict[str, Any]:
-    """Decode a stored config/metadata; anything but a JSON object is corrupt."""
-    if raw is None:
-        raise CodecError("field is missing")
-    value = loads(raw)
-    if type(value) is not dict:
-        raise CodecError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _json_object(raw: bytes | None) -> FrozenDict:
-    """A stored config/metadata, frozen once here so it can be handed out without copies."""
-    return freeze(_load_object(raw))
 
 
 class RedisBackend(BackendBase):
@@ -188,19 +114,12 @@ class RedisBackend(BackendBase):
         self._bot_prefix = f"{tag}:bot:"
         self._bot_prefix_b = self._bot_prefix.encode()
         self._all_key = f"{tag}:all"
-        self._status_keys = {s: f"{tag}:status:{s}" for s in _STATUS_ORDER}
+        self._status_keys = {s: f"{tag}:status:{s}" for s in STATUS_ORDER}
         self._index_keys = [self._all_key, *self._status_keys.values()]
-        self._register_script = self._client.register_script(_REGISTER)
-        self._deactivate_script = self._client.register_script(_DEACTIVATE)
-        self._unregister_script = self._client.register_script(_UNREGISTER)
-        self._touch_script = self._client.register_script(_TOUCH)
-        self._deactivate_keys_tail = [
-            self._status_keys["inactive"],
-            *(k for s, k in self._status_keys.items() if s != "inactive"),
-        ]
+        self._scripts = Scripts(self._client, self._bot_prefix, self._all_key, self._status_keys)
         self._recorder = AccessRecorder(self._record_accesses, interval=float(access_flush_interval))
         self._warned_corrupt = False
-        self._decode_config = DecodeCache(_json_object)  # repeated reads skip parsing and freezing
+        self._decode_config = DecodeCache(json_object)  # repeated reads skip parsing and freezing
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._target!r}, namespace={self.namespace!r})"
@@ -227,25 +146,9 @@ class RedisBackend(BackendBase):
         )
 
     def _decode(self, bot_id: str, row: Sequence[bytes | None]) -> Registration | None:
-        """An HMGET of ``_FIELDS`` as a Registration; None when missing or corrupt."""
-        config_raw, status, metadata_raw, created, updated, accessed = row
-        if config_raw is None and status is None and created is None:
-            return None  # no such record (or only a stray field: still nothing to return)
+        """An HMGET of ``FIELDS`` as a Registration; None when missing or corrupt."""
         try:
-            if status is None or created is None or updated is None or accessed is None:
-                raise CodecError("a field is missing")
-            status_text = status.decode()
-            if status_text not in STATUSES:
-                raise CodecError(f"unknown status {status_text!r}")
-            return Registration(
-                bot_id,
-                _json_object(config_raw),
-                status_text,
-                _json_object(metadata_raw),
-                datetime.fromisoformat(created.decode()),
-                datetime.fromisoformat(updated.decode()),
-                datetime.fromisoformat(accessed.decode()),
-            )
+            return parse_record(bot_id, row)
         except (CodecError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             self._corrupt(bot_id, exc)
             return None
@@ -258,12 +161,12 @@ class RedisBackend(BackendBase):
         with self._errors("read records"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for member in ids:
-                    pipe.hmget(prefix + member, _FIELDS)
+                    pipe.hmget(prefix + member, FIELDS)
                 rows = await pipe.execute(raise_on_error=False)
         records = []
         for member, row in zip(ids, rows, strict=True):
             if isinstance(row, Exception):
-                if not _wrong_type(row):
+                if not wrong_type(row):
                     raise row
                 self._corrupt(member.decode(), row)
                 continue
@@ -303,13 +206,8 @@ class RedisBackend(BackendBase):
             with self._errors("connect"):
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.ping()
-                    for script in (
-                        self._register_script,
-                        self._deactivate_script,
-                        self._unregister_script,
-                        self._touch_script,
-                    ):
-                        pipe.script_load(script.script)
+                    for source in self._scripts.sources:
+                        pipe.script_load(source)
                     await pipe.execute()
         except BaseException:
             if self._owned:
@@ -332,38 +230,26 @@ class RedisBackend(BackendBase):
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
         now = utcnow()
-        keys = [self._bot_prefix + bot_id, *self._index_keys]
-        args = [
-            bot_id,
-            dumps(config),
-            status,
-            _STATUS_ORDER.index(status) + 3,
-            _stamp(now),
-            b"" if metadata is None else dumps(metadata),
-        ]
+        config_json, metadata_json = dumps(config), None if metadata is None else dumps(metadata)
         with self._errors("register"):
-            row = await self._register_script(keys=keys, args=args)
+            row = await self._scripts.register(bot_id, config_json, status, now, metadata_json)
         created_at = datetime.fromisoformat(row[0].decode())
         last_accessed_at = datetime.fromisoformat(row[1].decode())
         if metadata is None:
             try:
-                metadata = _json_object(row[2])
+                metadata = json_object(row[2])
             except CodecError as exc:  # a corrupt stored metadata is kept as it was
                 self._corrupt(bot_id, exc)
                 metadata = FrozenDict()
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        keys = [self._bot_prefix + bot_id, *self._deactivate_keys_tail]
         with self._errors("deactivate"):
-            done = await self._deactivate_script(keys=keys, args=[bot_id, _stamp(utcnow())])
-        return bool(done)
+            return await self._scripts.deactivate(bot_id, utcnow())
 
     async def _unregister(self, bot_id: str) -> bool:
-        keys = [self._bot_prefix + bot_id, *self._index_keys]
         with self._errors("unregister"):
-            existed = await self._unregister_script(keys=keys, args=[bot_id])
-        return bool(existed)
+            return await self._scripts.unregister(bot_id)
 
     async def _clear(self) -> None:
         """Delete this namespace's records, ``_BATCH`` at a time (no long-blocking command).
@@ -386,22 +272,18 @@ class RedisBackend(BackendBase):
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         """Set ``last_accessed_at`` on the records that still exist and were accessed earlier."""
-        stamp = _stamp(at)
-        prefix = self._bot_prefix
-        for start in range(0, len(bot_ids), _TOUCH_BATCH):
-            keys = [prefix + bot_id for bot_id in bot_ids[start : start + _TOUCH_BATCH]]
-            with self._errors("record accesses"):
-                await self._touch_script(keys=keys, args=[stamp])
+        with self._errors("record accesses"):
+            await self._scripts.touch(bot_ids, at)
 
     # ---- point reads -----------------------------------------------------------------------
 
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
         try:
-            row = await self._client.hmget(self._bot_prefix + bot_id, _FIELDS)
+            row = await self._client.hmget(self._bot_prefix + bot_id, FIELDS)
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable_error(exc, "get", self._target) from exc
         except ResponseError as exc:
-            if not _wrong_type(exc):
+            if not wrong_type(exc):
                 raise
             self._corrupt(bot_id, exc)
             return None
@@ -416,7 +298,7 @@ class RedisBackend(BackendBase):
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable_error(exc, "get_config", self._target) from exc
         except ResponseError as exc:
-            if not _wrong_type(exc):
+            if not wrong_type(exc):
                 raise
             self._corrupt(bot_id, exc)
             return None
@@ -437,7 +319,7 @@ class RedisBackend(BackendBase):
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable_error(exc, "exists", self._target) from exc
         except ResponseError as exc:
-            if not _wrong_type(exc):
+            if not wrong_type(exc):
                 raise
             return False
         return bool(status == b"active")
@@ -482,14 +364,14 @@ class RedisBackend(BackendBase):
                     rows = await pipe.execute(raise_on_error=False)
             for member, row in zip(members, rows, strict=True):
                 if isinstance(row, Exception):
-                    if not _wrong_type(row):
+                    if not wrong_type(row):
                         raise row
                     continue
                 status, metadata_raw = row
                 if status is None or (query.status is not None and status.decode() != query.status):
                     continue
                 try:
-                    metadata = _load_object(metadata_raw)  # only compared: no need to freeze
+                    metadata = load_object(metadata_raw)  # only compared: no need to freeze
                 except CodecError as exc:
                     self._corrupt(member.decode(), exc)
                     continue
