@@ -369,7 +369,7 @@ async def test_a_client_that_decodes_responses_is_refused(redis_url: str) -> Non
         ("redis://h/0?password=pw&db=1", "redis://h/0?password=***&db=1"),
         ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock?password=***"),
         ("redis://h:6379", "redis://h:6379"),
-        ("garbage", "<unparseable Redis URL>"),
+        ("garbage", "<unparseable URL>"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:

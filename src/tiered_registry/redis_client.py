@@ -22,7 +22,6 @@ import re
 from collections import deque
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import unquote
 
 import redis.asyncio as aredis
 import redis.exceptions as rexc
@@ -30,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from .errors import BackendUnavailableError, ConfigurationError
+from .redact import redact_url, scrub, url_secrets
 
 __all__ = [
     "DEFAULT_BACKOFF_CAP",
@@ -68,7 +68,6 @@ _SCHEMES: Final = {
     "valkeys": "rediss",
 }
 _NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_SECRET_PARAMS: Final = frozenset({"password", "ssl_password"})
 
 UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
     rexc.ConnectionError,  # refused, reset, auth failed, loading, pool exhausted
@@ -92,47 +91,6 @@ def validate_namespace(namespace: object) -> str:
             f"namespace must match {_NAMESPACE.pattern} (letters, digits, '_', '.', '-'), got {namespace!r}"
         )
     return namespace
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (userinfo or ``password=`` parameter) replaced by ``***``.
-
-    Works on the text itself (no parse-and-rebuild), so ``unix:///path`` and odd-but-accepted
-    URLs come back as written, minus the secrets.
-    """
-    if not isinstance(url, str):
-        return describe_source(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable Redis URL>"
-    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    head, tail = rest[:cut], rest[cut:]
-    userinfo, at, hosts = head.rpartition("@")  # the last "@": a password may hold "@" or "/"
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        if colon:
-            head = f"{user}:***@{hosts}"
-        elif user:
-            head = f"***@{hosts}"  # some clients read a lone userinfo as the password
-    before, question, query = tail.partition("?")
-    if question:
-        query, hash_, fragment = query.partition("#")
-        items = []
-        for item in query.split("&"):
-            key, eq, _value = item.partition("=")
-            items.append(f"{key}=***" if eq and unquote(key).lower() in _SECRET_PARAMS else item)
-        tail = f"{before}?{'&'.join(items)}{hash_}{fragment}"
-    return f"{scheme}://{head}{tail}"
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` minus anything that looks like the password of ``url`` (raw or percent-decoded)."""
-    userinfo = url.partition("://")[2].partition("?")[0].rpartition("@")[0]
-    secret = userinfo.partition(":")[2] or userinfo
-    for variant in {secret, unquote(secret)}:
-        if variant:
-            text = text.replace(variant, "***")
-    return text
 
 
 def describe_source(url_or_client: object) -> str:
@@ -277,7 +235,8 @@ def make_client(
         )
     except (ValueError, TypeError) as exc:
         # not chained: the driver's message or traceback could quote the URL with its password
-        raise ConfigurationError(f"bad Redis URL {redact_url(url)!r}: {_scrub(str(exc), url)}") from None
+        detail = scrub(str(exc), url_secrets(url))
+        raise ConfigurationError(f"bad Redis URL {redact_url(url)!r}: {detail}") from None
     if pool.connection_kwargs.get("decode_responses"):
         raise ConfigurationError(
             f"{redact_url(url)!r}: decode_responses must stay off (values are JSON bytes)"

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import os
 import platform
-import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from ..redact import redact_url
 from .measure import Latency, Throughput
 from .stacks import STACKS, FloorName, ServiceName, StackSpec
 from .workload import Distribution
@@ -156,12 +156,6 @@ class BenchResult:
             "skipped": [{"name": s.spec.name, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),
         }
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@host/...``: a URL safe to print (any password hidden)."""
-    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
 
 
 def _package_version(name: str) -> str | None:

@@ -31,7 +31,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -42,6 +42,7 @@ from ..errors import BackendUnavailableError, ConfigurationError
 from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
 from ..query import Query
+from ..redact import redact_url, scrub, url_secrets
 from ._pglease import Connection, LeasedConnections
 from ._pgsql import ADVISORY_LOCK, NESTED, SCHEMA_EXISTS, TABLE_EXISTS, Statements, check_identifier
 
@@ -63,43 +64,6 @@ _UNAVAILABLE: Final = (
 
 async def _keep_session(connection: object) -> None:
     """Pool ``reset`` hook: nothing to undo (see the module notes), so skip the round trip."""
-
-
-def _is_password_key(key: str) -> bool:
-    return key.lower() in ("password", "sslpassword")
-
-
-def _mask_dsn(dsn: str) -> str:
-    """The DSN with any password (in the userinfo or a ``password=`` parameter) replaced by ***."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = "&".join(
-        f"{item.partition('=')[0]}=***" if _is_password_key(item.partition("=")[0]) else item
-        for item in parts.query.split("&")
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets(dsn: str) -> list[str]:
-    """Every spelling of the passwords in ``dsn`` (to scrub them from error messages)."""
-    found: list[str] = []
-    try:
-        parts = urlsplit(dsn)
-        if parts.password:
-            found.append(parts.password)
-        for item in parts.query.split("&"):
-            key, _, value = item.partition("=")
-            if _is_password_key(key) and value:
-                found.append(value)
-    except ValueError:
-        return []
-    return [s for raw in found for s in {raw, unquote(raw)} if s]
 
 
 def _decode_config(text: str) -> FrozenDict:
@@ -141,7 +105,7 @@ class PostgresBackend(BackendBase):
         elif isinstance(dsn_or_pool, str):
             if urlsplit(dsn_or_pool).scheme not in ("postgres", "postgresql"):
                 raise ConfigurationError(
-                    f"expected a postgresql:// DSN or an asyncpg.Pool, got {_mask_dsn(dsn_or_pool)!r}"
+                    f"expected a postgresql:// DSN or an asyncpg.Pool, got {redact_url(dsn_or_pool)!r}"
                 )
             self._dsn = dsn_or_pool
             self._pool = None
@@ -164,7 +128,7 @@ class PostgresBackend(BackendBase):
         self._connect_timeout = connect_timeout
         self._min_size = min_size
         self._max_size = max_size
-        self._secrets = _secrets(self._dsn) if self._dsn else []
+        self._secrets = url_secrets(self._dsn) if self._dsn else []
         self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
         # Repeated reads of one config skip parsing and freezing (keyed by the stored text).
         self._decode_config = DecodeCache(_decode_config)
@@ -172,7 +136,7 @@ class PostgresBackend(BackendBase):
         self._lease: LeasedConnections | None = None
 
     def __repr__(self) -> str:
-        source = f"dsn={_mask_dsn(self._dsn)!r}" if self._dsn is not None else "pool=<caller's asyncpg.Pool>"
+        source = f"dsn={redact_url(self._dsn)!r}" if self._dsn is not None else "pool=<caller's asyncpg.Pool>"
         return f"PostgresBackend({source}, table={self.qualified_table!r})"
 
     @property
@@ -221,9 +185,7 @@ class PostgresBackend(BackendBase):
 
     def _unavailable(self, exc: BaseException, doing: str = "query") -> BackendUnavailableError:
         message = f"PostgreSQL unavailable for {self!r} ({doing}): {type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        return BackendUnavailableError(message)
+        return BackendUnavailableError(scrub(message, self._secrets))
 
     @staticmethod
     def _decode(row: Sequence[Any]) -> Registration:
