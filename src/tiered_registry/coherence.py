@@ -65,6 +65,7 @@ class InvalidationChannel:
         ping_interval: float = 1.0,
         ping_timeout: float = 1.0,
         connect_timeout: float = 1.0,
+        publish_timeout: float = 0.5,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         self.channel = channel or f"{{{self.namespace}}}:invalidations"
@@ -73,6 +74,7 @@ class InvalidationChannel:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
         self._source = url_or_client
         self._publisher: Any = None
         self._owned = False
@@ -102,7 +104,11 @@ class InvalidationChannel:
             return
         self._on_invalidate = on_invalidate
         self._on_state = on_state
-        self._publisher, self._owned = make_client(self._source)
+        # A write awaits its PUBLISH: a hung Redis must cost it a bounded, short time, not the
+        # library's general 5 s command timeout.
+        self._publisher, self._owned = make_client(
+            self._source, socket_timeout=self.publish_timeout, connect_timeout=self.publish_timeout, retries=0
+        )
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="tiered-registry-coherence")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_subscribe.wait(), self.connect_timeout)

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from .base import BackendBase
 from .errors import ConfigurationError
+from .redact import redact_url
 from .tiers.base import CacheTier
 
 __all__ = ["create_backend"]
@@ -67,7 +68,7 @@ def _type_of_url(url: str, where: str, *, tier: bool) -> str:
     if scheme == "local" and tier:
         return "local"
     accepted = "'local' or a redis:// URL" if tier else "'memory', a redis:// URL or a postgresql:// URL"
-    raise ConfigurationError(f"{where}: cannot tell what {url!r} is; expected {accepted}")
+    raise ConfigurationError(f"{where}: cannot tell what {redact_url(url)!r} is; expected {accepted}")
 
 
 def _build(spec: object, where: str, registry: Mapping[str, str], *, tier: bool) -> Any:

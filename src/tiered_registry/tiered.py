@@ -138,26 +138,40 @@ class TieredBackend(BackendBase):
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def _initialize(self) -> None:
-        await self._store.initialize()
-        for tier in self._tiers:
-            await tier.initialize()
-        self._recorder.start()
+        try:
+            await self._store.initialize()
+            for tier in self._tiers:
+                await tier.initialize()
+            self._recorder.start()
+            if self._coherence is not None:
+                # The local tier is used only while the channel is up (see _coherence_changed).
+                await self._coherence.start(self._remote_invalidation, self._coherence_changed)
+            elif self._local is not None:
+                self._hot = self._local.entries
+        except BaseException:
+            # Failed or cancelled half-way: release what was opened (close() would not: the stack
+            # never became open), then let the error through.
+            await asyncio.shield(self._release_parts())
+            raise
+
+    async def _release_parts(self) -> None:
+        """Close every part, whatever state it is in; errors are logged, not raised."""
+        self._hot = _NO_ENTRIES
+        steps: list[Callable[[], Awaitable[None]]] = [self._recorder.stop]
         if self._coherence is not None:
-            # The local tier is used only while the channel is up (see _coherence_changed).
-            await self._coherence.start(self._remote_invalidation, self._coherence_changed)
-        elif self._local is not None:
-            self._hot = self._local.entries
+            steps.insert(0, self._coherence.stop)
+        steps += [tier.close for tier in self._tiers]
+        steps.append(self._store.close)
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                logger.warning("error while releasing %r", step, exc_info=True)
+        self._flights.clear()
 
     async def _close(self) -> None:
         self._closing = True
-        self._hot = _NO_ENTRIES
-        if self._coherence is not None:
-            await self._coherence.stop()
-        await self._recorder.stop()
-        self._flights.clear()
-        for tier in self._tiers:
-            await tier.close()
-        await self._store.close()
+        await self._release_parts()
 
     # ---- the hot path ----------------------------------------------------------------------
 
