@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
+from .access import AccessRecorder
 from .errors import BackendClosedError, BackendNotInitializedError
 from .frozen import FrozenDict
 from .models import Registration
@@ -33,6 +34,7 @@ class BackendBase(abc.ABC):
     """Shared implementation of :class:`~tiered_registry.RegistryBackend`."""
 
     _state: int = _NEW
+    _recorder: AccessRecorder | None = None  # set by backends that write accesses behind
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -223,8 +225,11 @@ class BackendBase(abc.ABC):
 
     # ---- access tracking -------------------------------------------------------------------
 
-    async def flush_accesses(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    async def flush_accesses(self) -> None:
         """Write pending ``last_accessed_at`` updates now (they are otherwise batched)."""
+        self._check_open()
+        if self._recorder is not None:
+            await self._recorder.flush()
 
     async def record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         """Set ``last_accessed_at = at`` for the bots that exist (and were accessed earlier).

@@ -78,6 +78,8 @@ class TieredBackend(BackendBase):
     store=PostgresBackend(DATABASE_URL))``. ``initialize``/``close`` cover every part it holds.
     """
 
+    _recorder: AccessRecorder  # always set: accesses are written behind
+
     def __init__(
         self,
         *,

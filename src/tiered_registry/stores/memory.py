@@ -28,6 +28,8 @@ class InMemoryBackend(BackendBase):
     ``access_flush_interval`` seconds.
     """
 
+    _recorder: AccessRecorder  # always set: accesses are written behind
+
     def __init__(self, *, access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL) -> None:
         self._records: dict[str, Registration] = {}
         self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
@@ -41,10 +43,6 @@ class InMemoryBackend(BackendBase):
     async def _close(self) -> None:
         await self._recorder.stop()
         self._records = {}
-
-    async def flush_accesses(self) -> None:
-        self._check_open()
-        await self._recorder.flush()
 
     async def _register(
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None

@@ -84,6 +84,8 @@ class PostgresBackend(BackendBase):
     error as ``__cause__``.
     """
 
+    _recorder: AccessRecorder  # always set: accesses are written behind
+
     def __init__(
         self,
         dsn_or_pool: str | asyncpg.Pool[Any],
@@ -269,10 +271,6 @@ class PostgresBackend(BackendBase):
         self._check_open()
         self._recorder.pending.clear()
         await self._execute("drop table", self._sql.drop)
-
-    async def flush_accesses(self) -> None:
-        """Write pending ``last_accessed_at`` updates now (one ``UPDATE``)."""
-        await self._recorder.flush()
 
     # ---- writes ----------------------------------------------------------------------------
 

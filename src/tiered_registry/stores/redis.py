@@ -82,6 +82,8 @@ class RedisBackend(BackendBase):
     error as ``__cause__``. A stored value that does not decode reads as missing (logged once).
     """
 
+    _recorder: AccessRecorder  # always set: accesses are written behind
+
     def __init__(
         self,
         url_or_client: str | aredis.Redis,
@@ -219,10 +221,6 @@ class RedisBackend(BackendBase):
         await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
         if self._owned:
             await self._client.aclose()
-
-    async def flush_accesses(self) -> None:
-        """Write pending ``last_accessed_at`` updates now (one script call per 1000 bots)."""
-        await self._recorder.flush()
 
     # ---- writes ----------------------------------------------------------------------------
 
