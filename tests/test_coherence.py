@@ -88,6 +88,24 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
+async def test_a_writer_without_a_local_tier_still_evicts_the_others_local_copy(
+    make_stack, redis_url, database_url, namespace
+) -> None:
+    """An admin process (Redis cache -> PostgreSQL, nothing local) writes; bot servers must hear it."""
+    reader = await make_stack()
+    admin = TieredBackend(
+        tiers=[RedisCache(redis_url, ttl=300, namespace=namespace)],
+        store=PostgresBackend(database_url, table=namespace),
+    )
+    async with admin:
+        await admin.register("bot", {"v": 1})
+        assert await reader.get_config("bot") == {"v": 1}  # now in reader's local tier
+        await admin.register("bot", {"v": 2})
+        await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 2}))
+        await admin.unregister("bot")
+        await _eventually(lambda: _equals(reader.get_config("bot"), None))
+
+
 async def test_a_process_does_not_evict_what_it_just_wrote(make_stack) -> None:
     stack = await make_stack()
     await stack.register("bot", {"v": 1})

@@ -9,11 +9,16 @@ holding the old value — harmless while the tier is unreachable, stale the mome
 the guard remembers those keys (*owed invalidations*, or "everything" after a ``clear`` or when
 more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them before the tier is
 trusted again. Nothing stale is served when Redis comes back.
+
+Other processes may have copied the old value from the tier while it was owed, so
+:class:`~tiered_registry.TieredBackend` publishes every key it pays, and pays from a background
+task too (an idle writer must not leave the debt until the tier's TTL).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
 
 from .tiers.base import CacheTier
@@ -80,13 +85,16 @@ class TierGuard:
         elif not self._owe_everything:
             self._owed.add(bot_id)
 
-    async def settle(self) -> None:
-        """Pay the owed invalidations (raises the tier's error if it is still down)."""
+    async def settle(self, paid: Callable[[str | None], object] = lambda bot_id: None) -> None:
+        """Pay the owed invalidations, calling ``paid`` with each key as it is paid (``None``:
+        everything). Raises the tier's error if it is still down; what was paid stays paid."""
         if self._owe_everything:
             await self.tier.clear()
             self._owe_everything = False
+            paid(None)
             return
         while self._owed:
             bot_id = next(iter(self._owed))
             await self.tier.invalidate(bot_id)
             self._owed.discard(bot_id)
+            paid(bot_id)

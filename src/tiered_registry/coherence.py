@@ -98,17 +98,21 @@ class InvalidationChannel:
         """True while subscribed: only then may the local tier be trusted."""
         return self._up
 
-    async def start(self, on_invalidate: OnInvalidate, on_state: OnState) -> None:
-        """Start listening; waits up to ``connect_timeout`` for the first subscription."""
-        if self._task is not None:
+    async def start(self, on_invalidate: OnInvalidate | None = None, on_state: OnState | None = None) -> None:
+        """Start publishing and, given the callbacks, listening (waits up to ``connect_timeout`` for
+        the first subscription). Without callbacks the channel only publishes: a process with no
+        local tier has nothing to evict but must still tell the others about its writes."""
+        if self._publisher is not None:
             return
-        self._on_invalidate = on_invalidate
-        self._on_state = on_state
         # A write awaits its PUBLISH: a hung Redis must cost it a bounded, short time, not the
         # library's general 5 s command timeout.
         self._publisher, self._owned = make_client(
             self._source, socket_timeout=self.publish_timeout, connect_timeout=self.publish_timeout, retries=0
         )
+        if on_invalidate is None or on_state is None:
+            return
+        self._on_invalidate = on_invalidate
+        self._on_state = on_state
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="tiered-registry-coherence")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_subscribe.wait(), self.connect_timeout)
@@ -124,8 +128,9 @@ class InvalidationChannel:
         if publisher is not None and self._owned:
             await publisher.aclose()
 
-    async def publish(self, bot_id: str | None) -> None:
-        """Tell the other processes that ``bot_id`` (``None``: everything) changed."""
+    async def publish(self, bot_id: str | None) -> bool:
+        """Tell the other processes that ``bot_id`` (``None``: everything) changed; False if Redis
+        could not be reached (logged, not raised: the write itself has succeeded)."""
         message = orjson.dumps({"s": self.sender, "n": next(self._seq), "k": bot_id})
         try:
             async with map_redis_errors("invalidation publish"):
@@ -135,8 +140,9 @@ class InvalidationChannel:
             # their local TTL bounds the staleness. Count it and go on: the write itself succeeded.
             self.publish_errors += 1
             logger.warning("could not publish the invalidation of %r", bot_id, exc_info=True)
-            return
+            return False
         self.published += 1
+        return True
 
     # ---- the listener ---------------------------------------------------------------------------
 

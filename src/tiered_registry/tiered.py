@@ -23,6 +23,7 @@ cache carries the ``last_accessed_at`` it had when it was cached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -51,6 +52,8 @@ _monotonic = time.monotonic
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
 _T = TypeVar("_T")
+_MAX_ANNOUNCED_KEYS: Final = 100  # more paid debts than this: tell the others to flush everything
+_MIN_SETTLE_PAUSE: Final = 0.05
 TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 
 
@@ -91,8 +94,9 @@ class TieredBackend(BackendBase):
         reset_timeout: float = 1.0,
     ) -> None:
         """``coherence``: ``None`` (default) invalidates other processes' local tiers over Redis
-        pub/sub whenever the stack has a local tier and a Redis tier or store; ``False`` turns that
-        off; or pass a configured :class:`~tiered_registry.coherence.InvalidationChannel`.
+        pub/sub whenever the stack has a Redis tier or store (and, with a local tier of its own,
+        listens for theirs); ``False`` turns that off; or pass a configured
+        :class:`~tiered_registry.coherence.InvalidationChannel`.
         ``failure_threshold``/``reset_timeout``: a shared tier (Redis) that fails that many times in
         a row is skipped for that many seconds (circuit breaker, see :mod:`tiered_registry.circuit`).
         """
@@ -124,7 +128,8 @@ class TieredBackend(BackendBase):
             if t is not self._local
         }
         self._closing = False
-        self._coherence = _coherence_for(coherence, tiers, store) if self._local is not None else None
+        self._debt_collector: asyncio.Task[None] | None = None
+        self._coherence = _coherence_for(coherence, tiers, store)
 
     def __repr__(self) -> str:
         return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
@@ -145,9 +150,11 @@ class TieredBackend(BackendBase):
             for tier in self._tiers:
                 await tier.initialize()
             self._recorder.start()
-            if self._coherence is not None:
+            if self._coherence is not None and self._local is not None:
                 # The local tier is used only while the channel is up (see _coherence_changed).
                 await self._coherence.start(self._remote_invalidation, self._coherence_changed)
+            elif self._coherence is not None:
+                await self._coherence.start()  # nothing local to evict: publish only
             elif self._local is not None:
                 self._hot = self._local.entries
         except BaseException:
@@ -159,7 +166,7 @@ class TieredBackend(BackendBase):
     async def _release_parts(self) -> None:
         """Close every part, whatever state it is in; errors are logged, not raised."""
         self._hot = _NO_ENTRIES
-        steps: list[Callable[[], Awaitable[None]]] = [self._recorder.stop]
+        steps: list[Callable[[], Awaitable[None]]] = [self._stop_debt_collector, self._recorder.stop]
         if self._coherence is not None:
             steps.insert(0, self._coherence.stop)
         steps += [tier.close for tier in self._tiers]
@@ -173,6 +180,12 @@ class TieredBackend(BackendBase):
 
     async def _close(self) -> None:
         self._closing = True
+        await self._stop_debt_collector()
+        for guard in self._guards.values():
+            if guard.owes:  # last chance, bounded by the tier's timeouts; else the tier's TTL bounds it
+                await self._shared(guard.tier, "settle", _nothing)
+            if guard.owes:
+                logger.warning("closing with invalidations still owed to %r", guard.tier)
         await self._release_parts()
 
     # ---- the hot path ----------------------------------------------------------------------
@@ -293,7 +306,7 @@ class TieredBackend(BackendBase):
             return _SKIPPED
         try:
             if guard.owes:
-                await guard.settle()
+                await self._settle(guard)
             result = await call()
         except TIER_FAILURES as exc:
             guard.failed()
@@ -318,6 +331,53 @@ class TieredBackend(BackendBase):
                 call = partial(tier.invalidate, bot_id)
             if await self._shared(tier, operation, call) is _SKIPPED:
                 self._guards[id(tier)].owe(bot_id)
+                self._start_debt_collector()
+
+    # ---- owed invalidations ------------------------------------------------------------------
+
+    async def _settle(self, guard: TierGuard) -> None:
+        """Pay what ``guard``'s tier is owed, then tell the other processes: while the tier held the
+        old value, they may have copied it into their local tiers."""
+        paid: list[str | None] = []
+        try:
+            await guard.settle(paid.append)
+        finally:
+            if paid and self._coherence is not None:
+                await self._announce(paid)
+
+    async def _announce(self, paid: list[str | None]) -> None:
+        if None in paid or len(paid) > _MAX_ANNOUNCED_KEYS:
+            await self._coherence.publish(None)  # type: ignore[union-attr]
+            return
+        for bot_id in paid:
+            if not await self._coherence.publish(bot_id):  # type: ignore[union-attr]
+                return  # Redis is gone again: the others' channels are down and flushing too
+
+    def _start_debt_collector(self) -> None:
+        if self._debt_collector is None and not self._closing:
+            self._debt_collector = asyncio.get_running_loop().create_task(
+                self._collect_debts(), name="tiered-registry-settle"
+            )
+
+    async def _stop_debt_collector(self) -> None:
+        task, self._debt_collector = self._debt_collector, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _collect_debts(self) -> None:
+        """Pay owed invalidations as soon as each tier's breaker lets a call through, so that an
+        idle writer does not leave the old value in the tier (and in other processes) until the
+        tier's TTL. Runs only while something is owed."""
+        try:
+            while owing := [g for g in self._guards.values() if g.owes]:
+                await asyncio.sleep(min(max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing))
+                for guard in owing:
+                    await self._shared(guard.tier, "settle", _nothing)
+        finally:
+            if self._debt_collector is asyncio.current_task():
+                self._debt_collector = None
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -443,6 +503,10 @@ class TieredBackend(BackendBase):
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
         tier.stats.errors += 1
         logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
+
+
+async def _nothing() -> None:
+    """A call that only lets :meth:`TieredBackend._shared` pay a tier's debts."""
 
 
 def _coherence_for(
