@@ -14,8 +14,9 @@ from tiered_registry.query import Query
 class CountingStore(BackendBase):
     """Wraps a real store: counts point reads and can hold them at a gate (to stage races).
 
-    While ``gate`` is cleared, every point read waits at it after noting ``read_started``;
-    the read itself happens after the gate opens, so a test can write in between.
+    While ``gate`` is cleared, every point read reads the inner store, notes ``read_started``
+    and then waits at the gate before returning what it read: a test can write in between, so the
+    read returns the value from before the write (as a slow read would).
     """
 
     def __init__(self, inner: BackendBase) -> None:
@@ -36,8 +37,8 @@ class CountingStore(BackendBase):
 
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
         self.reads += 1
-        self.read_started.set()
         old = await self.inner._get(bot_id, touch=touch)
+        self.read_started.set()
         await self.gate.wait()
         return old
 

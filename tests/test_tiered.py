@@ -323,3 +323,41 @@ async def test_a_store_error_reaches_every_waiting_reader(make_tiered) -> None:
     results = await asyncio.gather(*(tiered.get_config("bot") for _ in range(5)), return_exceptions=True)
     assert all(isinstance(r, BackendUnavailableError) for r in results)
     assert tiered.stats()["store"]["errors"] == 1
+
+
+@pytest.mark.parametrize("write", ["register", "unregister", "clear"])
+async def test_another_process_read_that_started_before_a_write_does_not_refill_redis(
+    redis_url, database_url, namespace, write
+) -> None:
+    """The stale-fill guard across processes: B (its own TieredBackend, no local tier, so nothing
+    in-process can tell it about A's write) reads the old value from the store, A writes, then B's
+    fill of the Redis tier must be refused by the tier's version/epoch check."""
+
+    def stack(store: BackendBase) -> TieredBackend:
+        return TieredBackend(tiers=[RedisCache(redis_url, namespace=namespace)], store=store, coherence=False)
+
+    a = stack(PostgresBackend(database_url, table=namespace))
+    b_store = CountingStore(PostgresBackend(database_url, table=namespace))
+    b = stack(b_store)
+    try:
+        async with a, b:
+            await a.store.register("bot", {"v": 1})  # in the store only: Redis starts cold
+            held = await _start_read_and_hold(b, b_store, "bot")  # B missed Redis, read v1
+            if write == "register":
+                await a.register("bot", {"v": 2})
+            elif write == "unregister":
+                await a.unregister("bot")
+            else:
+                await a.clear()
+            b_store.gate.set()
+            assert await held == {"v": 1}  # B's read started before the write: a fair answer
+            reads = b_store.reads
+            expected = {"v": 2} if write == "register" else None
+            assert await b.get_config("bot") == expected  # not B's old v1 from Redis
+            assert await a.get_config("bot") == expected
+            if write == "register":
+                assert b_store.reads == reads  # A's write-through is what Redis holds
+    finally:
+        async with stack(PostgresBackend(database_url, table=namespace)) as cleaner:
+            await cleaner.clear()
+            await cleaner.store.drop()  # type: ignore[attr-defined]

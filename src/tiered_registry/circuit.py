@@ -51,6 +51,9 @@ class TierGuard:
         self._owed: set[str] = set()
         self._owe_everything = False
         self.opened = 0  # how many times the breaker opened (for stats)
+        # Closed, no failure since the last success and nothing owed: a call needs no bookkeeping
+        # before or after (kept up to date by every method here; read on every shared-tier call).
+        self.healthy = True
 
     def available(self) -> bool:
         """May the tier be called now? (Closed; or open long enough to try one request.)"""
@@ -64,8 +67,10 @@ class TierGuard:
     def succeeded(self) -> None:
         self._failures = 0
         self.state = _CLOSED
+        self.healthy = not self.owes
 
     def failed(self) -> None:
+        self.healthy = False
         self._failures += 1
         if self.state == _HALF_OPEN or self._failures >= self.failure_threshold:
             if self.state != _OPEN:
@@ -79,6 +84,7 @@ class TierGuard:
 
     def owe(self, bot_id: str | None) -> None:
         """Remember that the tier may still hold an old value of ``bot_id`` (``None``: of anything)."""
+        self.healthy = False
         if bot_id is None or len(self._owed) >= self.max_owed:
             self._owe_everything = True
             self._owed.clear()
@@ -92,9 +98,9 @@ class TierGuard:
             await self.tier.clear()
             self._owe_everything = False
             paid(None)
-            return
         while self._owed:
             bot_id = next(iter(self._owed))
             await self.tier.invalidate(bot_id)
             self._owed.discard(bot_id)
             paid(bot_id)
+        self.healthy = self.state == _CLOSED and self._failures == 0

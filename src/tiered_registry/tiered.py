@@ -60,15 +60,27 @@ TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 class _Flight:
     """One in-progress read of one key, done by the first caller (the leader) for everyone.
 
-    ``stale`` once a write to that key has committed. ``outcome`` resolves to ``(record, None)``,
+    ``stale`` once a write to that key has committed. ``outcome`` is created by the first
+    follower (most reads have none: no future to make) and resolves to ``(record, None)``,
     ``(None, error)``, or ``_RETRY`` if the leader was cancelled (the followers then try again).
     """
 
     __slots__ = ("outcome", "stale")
 
-    def __init__(self, outcome: asyncio.Future[object]) -> None:
+    def __init__(self) -> None:
         self.stale = False
-        self.outcome = outcome
+        self.outcome: asyncio.Future[object] | None = None
+
+    def wait(self) -> asyncio.Future[object]:
+        """The outcome to wait for (as a follower)."""
+        if self.outcome is None:
+            self.outcome = asyncio.get_running_loop().create_future()
+        return self.outcome
+
+    def land(self, outcome: object) -> None:
+        """Hand the leader's outcome to the followers, if any."""
+        if self.outcome is not None:
+            self.outcome.set_result(outcome)
 
 
 _RETRY: Final = object()
@@ -206,7 +218,11 @@ class TieredBackend(BackendBase):
     async def _get_config_slow(self, bot_id: str) -> FrozenDict | None:
         bot_id = validate_bot_id(bot_id)
         self._check_open()
-        return await self._get_config(bot_id, touch=True)
+        record = await self._read_through(bot_id)  # what _get_config does, one call shorter
+        if record is None:
+            return None
+        self._accessed[bot_id] = None
+        return record.config
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -229,7 +245,7 @@ class TieredBackend(BackendBase):
         while (flight := self._flights.get(bot_id)) is not None:
             # A read of this key is in flight: wait for its outcome (shielded, so that our own
             # cancellation does not cancel it for the others).
-            outcome = await asyncio.shield(flight.outcome)
+            outcome = await asyncio.shield(flight.wait())
             if outcome is not _RETRY:
                 assert isinstance(outcome, tuple)
                 answer: Registration | None = outcome[0]
@@ -238,18 +254,18 @@ class TieredBackend(BackendBase):
                     raise error
                 return answer
         # We lead: the read happens in our own task (no task per miss), the others wait for it.
-        flight = _Flight(asyncio.get_running_loop().create_future())
+        flight = _Flight()
         self._flights[bot_id] = flight
         try:
             record = await self._load(bot_id, flight)
         except asyncio.CancelledError:
-            flight.outcome.set_result(_RETRY)
+            flight.land(_RETRY)
             raise
         except Exception as exc:
-            flight.outcome.set_result((None, exc))
+            flight.land((None, exc))
             raise
         else:
-            flight.outcome.set_result((record, None))
+            flight.land((record, None))
             return record
         finally:
             if self._flights.get(bot_id) is flight:
@@ -266,7 +282,7 @@ class TieredBackend(BackendBase):
                     continue
                 found, token = await tier.lookup(bot_id)
             else:
-                answer = await self._shared(tier, "lookup", partial(tier.lookup, bot_id))
+                answer = await self._shared(tier, "lookup", tier.lookup, bot_id)
                 if answer is _SKIPPED:
                     tokens.append(_SKIPPED)
                     continue
@@ -283,6 +299,8 @@ class TieredBackend(BackendBase):
             self._store_reads += 1
         record = None if found is None or found is ABSENT else found
         assert record is None or isinstance(record, Registration)
+        if not tokens:  # the nearest tier answered: nothing to fill
+            return record
         # `tokens` covers exactly the tiers above the one that answered: fill them, farthest first,
         # unless a write to this key committed meanwhile (then our value may be the old one).
         for tier, token in zip(reversed(self._tiers[: len(tokens)]), reversed(tokens), strict=True):
@@ -293,26 +311,28 @@ class TieredBackend(BackendBase):
             if tier is self._local:
                 await tier.fill(bot_id, record, token)
             else:
-                await self._shared(tier, "fill", partial(tier.fill, bot_id, record, token))
+                await self._shared(tier, "fill", tier.fill, bot_id, record, token)
         return record
 
     async def _shared(
-        self, tier: CacheTier, operation: str, call: Callable[[], Awaitable[_T]]
+        self, tier: CacheTier, operation: str, call: Callable[..., Awaitable[_T]], *args: Any
     ) -> _T | object:
-        """One call on a shared tier, through its guard: skipped (``_SKIPPED``) while the breaker is
-        open or when it fails; invalidations the tier is owed are paid first."""
+        """``call(*args)`` on a shared tier, through its guard: skipped (``_SKIPPED``) while the
+        breaker is open or when it fails; invalidations the tier is owed are paid first."""
         guard = self._guards[id(tier)]
-        if not guard.available():
+        healthy = guard.healthy  # closed, no recent failure, nothing owed: the common case
+        if not healthy and not guard.available():
             return _SKIPPED
         try:
-            if guard.owes:
+            if not healthy and guard.owes:
                 await self._settle(guard)
-            result = await call()
+            result = await call(*args)
         except TIER_FAILURES as exc:
             guard.failed()
             self._tier_failed(tier, operation, exc)
             return _SKIPPED
-        guard.succeeded()
+        if not healthy:
+            guard.succeeded()
         return result
 
     async def _write_shared_tiers(

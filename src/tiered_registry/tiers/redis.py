@@ -7,8 +7,9 @@ Keys (all under the hash tag ``{namespace}``, so a cluster keeps a namespace in 
 - ``{ns}:v:<bot_id>`` — the key's version, incremented by every write-through and invalidation.
 - ``{ns}:epoch`` — incremented by ``clear()`` (and expires once no fill can be in flight).
 
-A lookup reads value, version and epoch in one ``MGET``; a fill after a read of the store is a
-small Lua script that writes only if version and epoch are still what the lookup saw. So a
+A hit is one ``GET`` of the value; a miss also reads version and epoch (one ``MGET``) before
+the store is read, and the fill that follows is a small Lua script that writes only if version
+and epoch are still what the lookup saw. So a
 process whose read started before another process's write can never put the old value back —
 the stale-fill guard works across processes, not only inside one.
 
@@ -114,24 +115,32 @@ class RedisCache(CacheTier):
 
     async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
         async with map_redis_errors("RedisCache lookup"):
-            value, version, epoch = await self._client.mget(
-                self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key
-            )
-        token = (version or b"", epoch or b"")
-        if value is None:
-            self.stats.misses += 1
-            return None, token
+            value = await self._client.get(self._value_prefix + bot_id)
         if value == _MISSING:
             self.stats.hits += 1
-            return ABSENT, token
-        try:
-            record = self._decode(value)
-        except CodecError as exc:
-            self._note_corrupt(bot_id, exc)
-            self.stats.misses += 1
-            return None, token  # the fill that follows repairs it from the store
-        self.stats.hits += 1
-        return record, token
+            return ABSENT, None
+        if value is not None:
+            try:
+                record = self._decode(value)
+            except CodecError as exc:
+                self._note_corrupt(bot_id, exc)  # a miss: the fill that follows repairs it
+            else:
+                self.stats.hits += 1
+                return record, None
+        self.stats.misses += 1
+        return None, await self._fill_token(bot_id)
+
+    async def _fill_token(self, bot_id: str) -> tuple[bytes, bytes]:
+        """Version and epoch as they are now, before the caller reads the store: the fill is
+        refused if either has moved since (a write, or a clear, happened in between).
+
+        Read only on a miss, so that a hit is one ``GET``, as cheap as a raw read of the value.
+        Reading it after the ``GET`` is safe: a write bumps the version only after the store
+        committed, so a token that already shows the write comes with a store read that sees it.
+        """
+        async with map_redis_errors("RedisCache lookup"):
+            version, epoch = await self._client.mget(self._version_prefix + bot_id, self._epoch_key)
+        return version or b"", epoch or b""
 
     async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
         if record is None and self._negative_ttl_ms <= 0:
