@@ -454,6 +454,28 @@ async def test_a_write_that_missed_redis_is_seen_everywhere_once_the_debt_is_pai
         await _drop(redis_url, database_url, namespace)
 
 
+async def test_a_stack_whose_postgres_is_down_at_start_can_be_initialized_again(
+    redis_url, pg, namespace
+) -> None:
+    """A bot server that starts before its database: initialize() fails with our clear error and
+    releases what it opened; called again once PostgreSQL is up, it gives a working stack."""
+    stack = build_stack(redis_url, pg.url, namespace)
+    try:
+        await asyncio.to_thread(pg.stop)
+        with pytest.raises(BackendUnavailableError):
+            async with asyncio.timeout(OP_TIMEOUT):
+                await stack.initialize()
+        assert not stack.is_open
+        await asyncio.to_thread(pg.start)
+        await stack.initialize()
+        await stack.register("bot", {"seq": "1"})
+        assert await stack.get_config("bot") == {"seq": "1"}
+        await stack.close()
+    finally:
+        await stack.close()
+        await _drop(redis_url, pg.url, namespace)
+
+
 async def test_a_hung_redis_costs_a_write_no_more_than_the_tier_timeout(private_redis, pg, namespace) -> None:
     import redis.asyncio as aioredis
 

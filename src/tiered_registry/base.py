@@ -58,6 +58,21 @@ class BackendBase(abc.ABC):
         if was_open:
             await self._close()
 
+    async def release(self) -> None:
+        """Close what :meth:`initialize` opened and go back to *not initialized*, so that
+        ``initialize()`` may be tried again (unlike :meth:`close`, which is final).
+
+        For a stack whose later part failed to start: it releases the parts it had started, and a
+        caller that retries once the server is up gets a working stack, not ``BackendClosedError``.
+        """
+        if self._state != _OPEN:
+            return
+        self._state = _CLOSED  # nothing new starts while it closes
+        try:
+            await self._close()
+        finally:
+            self._state = _NEW
+
     async def __aenter__(self) -> Self:
         await self.initialize()
         return self

@@ -171,18 +171,20 @@ class TieredBackend(BackendBase):
                 self._hot = self._local.entries
         except BaseException:
             # Failed or cancelled half-way: release what was opened (close() would not: the stack
-            # never became open), then let the error through.
-            await asyncio.shield(self._release_parts())
+            # never became open), then let the error through; initialize() may be called again.
+            await asyncio.shield(self._release_parts(final=False))
             raise
 
-    async def _release_parts(self) -> None:
-        """Close every part, whatever state it is in; errors are logged, not raised."""
+    async def _release_parts(self, *, final: bool = True) -> None:
+        """Close every part, whatever state it is in; errors are logged, not raised. Not
+        ``final`` (a failed initialize): the store goes back to *not initialized*, so that
+        ``initialize()`` can be tried again once the server is up."""
         self._hot = _NO_ENTRIES
         steps: list[Callable[[], Awaitable[None]]] = [self._stop_debt_collector, self._recorder.stop]
         if self._coherence is not None:
             steps.insert(0, self._coherence.stop)
         steps += [tier.close for tier in self._tiers]
-        steps.append(self._store.close)
+        steps.append(self._store.close if final else self._store.release)
         for step in steps:
             try:
                 await step()

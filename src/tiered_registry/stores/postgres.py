@@ -248,8 +248,9 @@ class PostgresBackend(BackendBase):
 
     async def _close(self) -> None:
         await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
-        if self._lease is not None:
-            await self._lease.close()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.close()
         if self._owns_pool:
             await self._release_pool()
 
