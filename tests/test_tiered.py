@@ -193,6 +193,26 @@ async def test_entries_expire_after_ttl(make_tiered) -> None:
     assert store.reads == 2
 
 
+async def test_the_local_tier_sweeps_expired_entries_that_nobody_reads() -> None:
+    """The hot path does not look at deadlines: the tier itself must drop expired entries."""
+    async with InMemoryBackend() as store:
+        record = await store.register("bot", {"v": 1})
+    local = LocalCache(maxsize=10, ttl=0.1, negative_ttl=0.03)
+    assert local.sweep_interval == pytest.approx(0.003)  # a tenth of the shorter TTL
+    await local.initialize()
+    try:
+        local.set("bot", record)
+        local.set("missing", None)  # a remembered miss
+        await asyncio.sleep(0.06)
+        assert set(local.entries) == {"bot"}
+        await asyncio.sleep(0.1)
+        assert local.entries == {}
+    finally:
+        await local.close()
+    with pytest.raises(ValueError, match="sweep_interval"):
+        LocalCache(sweep_interval=0)
+
+
 async def test_the_local_tier_is_bounded(make_tiered) -> None:
     local = LocalCache(maxsize=10, ttl=30)
     tiered, _store = await make_tiered(local=local, seed={f"b{i}": {"i": i} for i in range(50)})

@@ -4,9 +4,9 @@ Reads go down the tiers (nearest first) until one answers, then fill every tier 
 to the store first (if that fails, no tier changes), then through the tiers from the farthest to
 the nearest. Four things make this correct and fast:
 
-- **Hot path.** ``get_config`` on a local hit is one ``dict.get`` on the local tier's entries, a
-  deadline check and a dict store to note the access: no lock, no copy, no I/O, no
-  ``datetime.now()``. Everything else takes the slow path.
+- **Hot path.** ``get_config`` on a local hit is one ``dict.get`` on the local tier's entries
+  (which holds only live entries: the tier sweeps expired ones) and a dict store to note the
+  access: no lock, no copy, no I/O, no clock. Everything else takes the slow path.
 - **Stale fills.** Each key being read has one *flight*. A write marks the key's flight stale after
   the store committed and after the lower tiers were updated, so a read that started earlier never
   puts the old value back; tiers shared between processes also check a version token (see
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only 
 __all__ = ["TieredBackend"]
 
 logger = logging.getLogger(__name__)
-_monotonic = time.monotonic
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
 _T = TypeVar("_T")
@@ -209,7 +207,7 @@ class TieredBackend(BackendBase):
             entry = self._hot.get(bot_id)
         except TypeError:  # unhashable id: the slow path raises the clear error
             entry = None
-        if entry is not None and entry[2] > _monotonic():
+        if entry is not None:
             self._hot_hits += 1
             config = entry[1]
             if config is not None:
