@@ -111,9 +111,13 @@ def test_json_figures_are_complete_and_sane(redis_url: str, database_url: str) -
             _positive_latency(stack[figure])
         assert stack["throughput"]["ops_per_s"] > 0
         assert stack["throughput"]["concurrency"] == 4
-        floor = data["floors"][stack["floor"]]
+        # The ratio is to the floor timed in alternation with the stack, same method (batches or calls).
+        paired = stack["paired_floor"]
+        _positive_latency(paired)
+        assert paired["calls_per_sample"] == stack["get_config"]["calls_per_sample"]
+        assert paired["calls_per_sample"] == data["floors"][stack["floor"]]["calls_per_sample"]
         assert stack["ratio_to_floor"] == pytest.approx(
-            stack["get_config"]["median_us"] / floor["median_us"], rel=0.02
+            stack["get_config"]["median_us"] / paired["median_us"], rel=0.02
         )
     # A local hit is no round trip, and the hot path really hit the local tier.
     for name in ("local+memory", "local+postgres", "local+redis-cache+postgres"):

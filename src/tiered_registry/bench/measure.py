@@ -10,6 +10,10 @@ How latency is taken (the reason this module exists):
 - **Slow paths** (a network round trip): every call is timed on its own, so p99 is a true tail.
 - Between batches the loop yields once (:func:`checkpoint`, not timed): background tasks (access
   flushes) get their turn as in a real server, and Ctrl-C is acted on within one batch.
+- **Ratios** to a floor come from :func:`measure_paired`: the stack and its floor are timed in
+  alternation (batch by batch, or call by call), so both see the same machine. On a shared machine
+  whose speed changes from one second to the next, a floor measured at another moment could make
+  a ratio look up to twice better or worse than it is.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "drive",
     "latency_from",
     "measure_latency",
+    "measure_paired",
     "measure_throughput",
     "timed",
 ]
@@ -180,6 +185,49 @@ async def measure_latency(
         if len(samples) >= max_samples or (time.perf_counter() >= deadline and len(samples) >= min_samples):
             break
     return latency_from(samples, batch)
+
+
+async def measure_paired(
+    call: Call,
+    keys: KeyStream,
+    floor: Call,
+    floor_keys: KeyStream,
+    *,
+    duration: float,
+    max_samples: int = MAX_SAMPLES,
+) -> tuple[Latency, Latency]:
+    """Per-call latency of ``call`` and of ``floor``, timed in alternation over ``duration`` seconds.
+
+    Batches of :data:`BATCH` (or single calls, for a slow ``call``) alternate between the two, so
+    their medians are taken under the same conditions and their ratio means something even when
+    the machine's speed drifts. Returns ``(call's latency, floor's latency)``.
+    """
+    batch = 1 if await _calibrate(call, keys) >= SLOW_PATH_NS else BATCH
+    clock = time.perf_counter_ns
+    ours: list[float] = []
+    theirs: list[float] = []
+    pairs = ((call, keys, ours), (floor, floor_keys, theirs))
+    deadline = time.perf_counter() + duration
+    min_samples = 5 if batch > 1 else 20
+    while True:
+        if batch > 1:
+            for function, stream, samples in pairs:
+                chunk = stream.take(batch)
+                start = clock()
+                for key in chunk:
+                    await function(key)
+                samples.append((clock() - start) / batch)
+        else:
+            for _ in range(_CHECK_EVERY // 2):
+                for function, stream, samples in pairs:
+                    key = stream.take(1)[0]
+                    start = clock()
+                    await function(key)
+                    samples.append(clock() - start)
+        await checkpoint()
+        if len(ours) >= max_samples or (time.perf_counter() >= deadline and len(ours) >= min_samples):
+            break
+    return latency_from(ours, batch), latency_from(theirs, batch)
 
 
 async def measure_throughput(call: Call, keys: KeyStream, *, concurrency: int, duration: float) -> Throughput:

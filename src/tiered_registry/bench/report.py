@@ -102,7 +102,8 @@ def settings_line(result: BenchResult) -> str:
     return (
         f"settings: {o.bots} bots · {o.config_size}-byte configs · {o.distribution} keys · "
         f"{o.concurrency} tasks for throughput · {o.duration:g} s per measurement · "
-        "latency per call: fast paths averaged over batches of 100 awaits, slow ones timed one by one"
+        "latency per call: fast paths averaged over batches of 100 awaits, slow ones timed one by one · "
+        "vs floor: over that floor timed in alternation with the stack"
     )
 
 

@@ -90,7 +90,8 @@ class StackResult:
     deactivate: Latency | None = None
     read_after_invalidation: Latency | None = None
     read_after_register: Latency | None = None
-    ratio: float | None = None  # get_config median / the floor's median
+    paired_floor: Latency | None = None  # the floor, timed in alternation with get_config
+    ratio: float | None = None  # get_config median / the paired floor's median
     tier_stats: dict[str, dict[str, int]] | None = None
     seconds: float = 0.0
 
@@ -106,6 +107,7 @@ class StackResult:
             "floor": self.spec.floor,
             "ratio_to_floor": None if self.ratio is None else round(self.ratio, 2),
             "get_config": opt(self.get_config),
+            "paired_floor": opt(self.paired_floor),
             "throughput": opt(self.throughput),
             "miss": opt(self.miss),
             "register": opt(self.register),

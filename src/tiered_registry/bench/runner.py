@@ -36,7 +36,15 @@ from .floors import (
     redis_get_floor,
     redis_version,
 )
-from .measure import Call, Latency, checkpoint, latency_from, measure_latency, measure_throughput
+from .measure import (
+    Call,
+    Latency,
+    checkpoint,
+    latency_from,
+    measure_latency,
+    measure_paired,
+    measure_throughput,
+)
 from .results import BenchOptions, BenchResult, Endpoints, Progress, StackResult, machine_info, redact_url
 from .stacks import (
     FloorName,
@@ -104,14 +112,19 @@ async def _warm(call: Call, ids: Sequence[str], keys: KeyStream, duration: float
         await checkpoint()
 
 
-async def _measure_floor(
-    floor: contextlib.AbstractAsyncContextManager[Call], keys: list[str], ids: Sequence[str], duration: float
-) -> Latency:
-    async with floor as call:
-        stream = KeyStream(keys)
-        await _warm(call, ids[:256], stream, duration)
+@dataclass(slots=True)
+class _Floor:
+    """An open floor: what to call, over which bots and key sequence."""
+
+    call: Call
+    ids: Sequence[str]
+    sequence: list[str]
+
+    async def measure(self, duration: float) -> Latency:
+        stream = KeyStream(self.sequence)
+        await _warm(self.call, self.ids[:256], stream, duration)
         gc.collect()
-        return await measure_latency(call, stream, duration=duration)
+        return await measure_latency(self.call, stream, duration=duration)
 
 
 async def _measure_miss(backend: BackendBase, ids: Sequence[str], duration: float, seed: int) -> Latency:
@@ -189,6 +202,7 @@ class _Run:
             options, machine_info(), namespace=prefix, started_at=datetime.now(UTC).isoformat()
         )
         self.workload = _Workload.build(options)
+        self.open_floors: dict[FloorName, _Floor] = {}
         self._steps = 0  # progress steps started for the current stack
 
     async def probe(self) -> None:
@@ -207,24 +221,16 @@ class _Run:
                     info["error"] = f"{redact_url(url)} does not answer: {type(exc).__name__}: {exc}"
             self.result.services[service] = info
 
-    async def floors(self, *, repeat: bool = False) -> None:
-        """Measure the floors (``repeat``: again, for half as long, after the stacks).
-
-        The machine is shared and noisy, so each floor is measured twice -- before and after the
-        stacks -- and the repeat with the lower median is kept (both medians go in the JSON).
-        """
-        duration = self.options.duration / 2 if repeat else self.options.duration
+    async def open_floor_set(self, exits: contextlib.AsyncExitStack) -> None:
+        """Set up every floor once; they stay open for the whole run, because each stack's hot path
+        is timed in alternation with its floor (:func:`measure_paired`)."""
         w = self.workload
-        again = " (again)" if repeat else ""
-        self.progress.step(f"floor: async dict lookup{again}")
-        self._keep_floor(
-            "dict", await _measure_floor(dict_floor(w.ids, w.configs[0]), w.sequence, w.ids, duration)
-        )
+        call = await exits.enter_async_context(dict_floor(w.ids, w.configs[0]))
+        self.open_floors["dict"] = _Floor(call, w.ids, w.sequence)
         for service in ("redis", "postgres"):
             if service not in self.options.needs:
                 continue
             name: FloorName = "redis_get" if service == "redis" else "pg_select"
-            self.progress.step(f"floor: {'redis-py GET' if service == 'redis' else 'asyncpg SELECT'}{again}")
             url = self.available.get(service)
             if url is None:
                 self.result.floor_errors[name] = f"{service} not available"
@@ -234,11 +240,34 @@ class _Run:
                 floor = redis_get_floor(url, self.prefix, w.floor_ids, w.configs[0])
             else:
                 table = f"{self.prefix}_floor"
-                if table not in self.tables:
-                    self.tables.append(table)
+                self.tables.append(table)
                 floor = pg_select_floor(url, table, w.floor_ids, w.configs[0])
             try:
-                self._keep_floor(name, await _measure_floor(floor, w.floor_sequence, w.floor_ids, duration))
+                call = await exits.enter_async_context(floor)
+            except Exception as exc:
+                self.result.floor_errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.open_floors[name] = _Floor(call, w.floor_ids, w.floor_sequence)
+
+    async def floors(self, *, repeat: bool = False) -> None:
+        """Measure the floors on their own, for the floor rows (``repeat``: again, for half as
+        long, after the stacks; the repeat with the lower median is kept, both go in the JSON)."""
+        duration = self.options.duration / 2 if repeat else self.options.duration
+        again = " (again)" if repeat else ""
+        labels: dict[FloorName, str] = {
+            "dict": "async dict lookup",
+            "redis_get": "redis-py GET",
+            "pg_select": "asyncpg SELECT",
+        }
+        for name, label in labels.items():
+            if name != "dict" and ("redis" if name == "redis_get" else "postgres") not in self.options.needs:
+                continue
+            self.progress.step(f"floor: {label}{again}")
+            floor = self.open_floors.get(name)
+            if floor is None:
+                continue
+            try:
+                self._keep_floor(name, await floor.measure(duration))
             except Exception as exc:
                 self.result.floor_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
 
@@ -249,9 +278,10 @@ class _Run:
             self.result.floors[name] = latency
 
     def ratios(self) -> None:
-        """Each stack's hot-path median over its floor's (best) median."""
+        """Each stack's hot-path median over the median of its floor timed alongside it (or, if
+        that floor could not be set up, of the floor row)."""
         for stack in self.result.stacks:
-            floor = self.result.floors.get(stack.spec.floor)
+            floor = stack.paired_floor or self.result.floors.get(stack.spec.floor)
             if stack.get_config is not None and floor is not None and floor.median_ns > 0:
                 stack.ratio = stack.get_config.median_ns / floor.median_ns
 
@@ -321,7 +351,14 @@ class _Run:
         gc.collect()
         self._step(f"{spec.name}: get_config hot path")
         hits_before = _local_hits(backend)
-        result.get_config = await measure_latency(call, keys, duration=options.duration)
+        floor = self.open_floors.get(spec.floor)
+        if floor is None:
+            result.get_config = await measure_latency(call, keys, duration=options.duration)
+        else:
+            await _warm(floor.call, floor.ids[:256], KeyStream(floor.sequence), options.duration)
+            result.get_config, result.paired_floor = await measure_paired(
+                call, keys, floor.call, KeyStream(floor.sequence), duration=options.duration
+            )
         self._check_local_hits(spec, result.get_config, _local_hits(backend) - hits_before)
         self._step(f"{spec.name}: throughput x{options.concurrency}")
         result.throughput = await measure_throughput(
@@ -385,10 +422,12 @@ async def run_bench(
     started = time.perf_counter()
     try:
         await run.probe()
-        await run.floors()
-        for spec in options.stacks:
-            run.result.stacks.append(await run.stack(spec))
-        await run.floors(repeat=True)
+        async with contextlib.AsyncExitStack() as floors:
+            await run.open_floor_set(floors)
+            await run.floors()
+            for spec in options.stacks:
+                run.result.stacks.append(await run.stack(spec))
+            await run.floors(repeat=True)
         run.ratios()
     finally:
         await run.sweep()
