@@ -56,8 +56,9 @@ async def test_a_hung_redis_is_skipped_and_owed_invalidations_are_paid(
     elapsed = time.perf_counter() - started
     assert reads == [{"v": 2}] * 20  # from the store
     stats = stack.stats()["redis"]
-    assert stats["circuit_opened"] == 1
-    assert stats["errors"] <= 4  # the breaker opened after 3 failures: no timeout per request
+    # The failed write left Redis owing an invalidation: from then on requests skip the tier at
+    # once (no timeout per request); only the background debt collector keeps trying.
+    assert stats["errors"] <= 3
     assert elapsed < 1.5
 
     await asyncio.sleep(1.6)  # Redis answers again, still holding the old value

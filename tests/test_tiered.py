@@ -300,7 +300,8 @@ async def test_a_failing_tier_is_skipped_and_counted(caplog) -> None:
         await tiered.deactivate("bot")
         assert await tiered.get_config("bot") == {"v": 1}
         assert await tiered.exists("bot") is False
-        assert tiered.stats()["dead"]["errors"] >= 3
+        # The failed put made the tier owe an invalidation: it is skipped until that is paid.
+        assert tiered.stats()["dead"]["errors"] >= 1
 
 
 async def test_the_stack_closes_every_part() -> None:

@@ -10,9 +10,11 @@ the guard remembers those keys (*owed invalidations*, or "everything" after a ``
 more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them before the tier is
 trusted again. Nothing stale is served when Redis comes back.
 
-Other processes may have copied the old value from the tier while it was owed, so
-:class:`~tiered_registry.TieredBackend` publishes every key it pays, and pays from a background
-task too (an idle writer must not leave the debt until the tier's TTL).
+:class:`~tiered_registry.TieredBackend` skips a tier that is owed anything and pays from a
+background task as soon as the breaker lets a call through, so no request waits for a debt (which
+may be thousands of keys after an outage) and an idle writer does not leave it until the tier's
+TTL. Other processes may have copied the old value from the tier while it was owed, so every key
+paid is also published on the invalidation channel.
 """
 
 from __future__ import annotations

@@ -194,9 +194,9 @@ class TieredBackend(BackendBase):
         self._closing = True
         await self._stop_debt_collector()
         for guard in self._guards.values():
-            if guard.owes:  # last chance, bounded by the tier's timeouts; else the tier's TTL bounds it
-                await self._shared(guard.tier, "settle", _nothing)
-            if guard.owes:
+            if guard.owes and guard.available():  # last chance, bounded by the tier's timeouts
+                await self._pay(guard)
+            if guard.owes:  # then the tier's TTL bounds what it may still serve
                 logger.warning("closing with invalidations still owed to %r", guard.tier)
         await self._release_parts()
 
@@ -318,14 +318,13 @@ class TieredBackend(BackendBase):
         self, tier: CacheTier, operation: str, call: Callable[..., Awaitable[_T]], *args: Any
     ) -> _T | object:
         """``call(*args)`` on a shared tier, through its guard: skipped (``_SKIPPED``) while the
-        breaker is open or when it fails; invalidations the tier is owed are paid first."""
+        breaker is open, when it fails, and while the tier is owed invalidations (it may hold old
+        values; the debt collector pays them in the background, no request waits for that)."""
         guard = self._guards[id(tier)]
         healthy = guard.healthy  # closed, no recent failure, nothing owed: the common case
-        if not healthy and not guard.available():
+        if not healthy and (guard.owes or not guard.available()):
             return _SKIPPED
         try:
-            if not healthy and guard.owes:
-                await self._settle(guard)
             result = await call(*args)
         except TIER_FAILURES as exc:
             guard.failed()
@@ -354,6 +353,16 @@ class TieredBackend(BackendBase):
                 self._start_debt_collector()
 
     # ---- owed invalidations ------------------------------------------------------------------
+
+    async def _pay(self, guard: TierGuard) -> None:
+        """Settle ``guard``'s debts once, through its breaker (a failure counts against it)."""
+        try:
+            await self._settle(guard)
+        except TIER_FAILURES as exc:
+            guard.failed()
+            self._tier_failed(guard.tier, "settle", exc)
+        else:
+            guard.succeeded()
 
     async def _settle(self, guard: TierGuard) -> None:
         """Pay what ``guard``'s tier is owed, then tell the other processes: while the tier held the
@@ -387,14 +396,16 @@ class TieredBackend(BackendBase):
                 await task
 
     async def _collect_debts(self) -> None:
-        """Pay owed invalidations as soon as each tier's breaker lets a call through, so that an
-        idle writer does not leave the old value in the tier (and in other processes) until the
-        tier's TTL. Runs only while something is owed."""
+        """Pay owed invalidations as soon as each tier's breaker lets a call through. Until then
+        the tier is skipped; paying promptly also means an idle writer does not leave the old value
+        in the tier (and in other processes) until the tier's TTL. Runs only while something is owed."""
         try:
             while owing := [g for g in self._guards.values() if g.owes]:
-                await asyncio.sleep(min(max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing))
                 for guard in owing:
-                    await self._shared(guard.tier, "settle", _nothing)
+                    if guard.available():
+                        await self._pay(guard)
+                if any(g.owes for g in owing):
+                    await asyncio.sleep(min(max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing))
         finally:
             if self._debt_collector is asyncio.current_task():
                 self._debt_collector = None
@@ -523,10 +534,6 @@ class TieredBackend(BackendBase):
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
         tier.stats.errors += 1
         logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
-
-
-async def _nothing() -> None:
-    """A call that only lets :meth:`TieredBackend._shared` pay a tier's debts."""
 
 
 def _coherence_for(
