@@ -8,12 +8,12 @@ a decoded config can be cached and shared as is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
-from cachetools import LRUCache
 
 from .errors import RegistryError
 from .models import Registration
@@ -86,20 +86,15 @@ class DecodeCache(Generic[_Decoded]):
     Keyed by the exact stored bytes (or text), so a hit can never be stale: other content is
     another key. A bot read again and again from Redis or PostgreSQL then costs a hash of its
     payload instead of JSON parsing plus freezing every nested container (which is most of a
-    store's overhead over the raw round trip). Bounded LRU; ``maxsize=0`` turns it off.
-    Decode errors propagate and are not remembered.
+    store's overhead over the raw round trip). Bounded LRU (``functools.lru_cache``: its C
+    implementation costs ~0.1 us a hit, where ``cachetools.LRUCache.get`` cost ~1.8 us on every
+    read); ``maxsize=0`` turns it off. Decode errors propagate and are not remembered.
     """
 
     def __init__(self, decode: Callable[[Any], _Decoded], maxsize: int = 1024) -> None:
-        self._decode = decode
-        self._cache: LRUCache[Any, _Decoded] | None = LRUCache(maxsize) if maxsize > 0 else None
+        self._call: Callable[[Any], _Decoded] = (
+            functools.lru_cache(maxsize=maxsize)(decode) if maxsize > 0 else decode
+        )
 
     def __call__(self, raw: bytes | str) -> _Decoded:
-        cache = self._cache
-        if cache is None:
-            return self._decode(raw)
-        value = cache.get(raw)
-        if value is None:
-            value = self._decode(raw)
-            cache[raw] = value
-        return value
+        return self._call(raw)

@@ -3,8 +3,9 @@
 - ``dict``: ``async def f(k): return d.get(k)``, awaited — the least an async ``get_config`` can cost.
 - ``redis_get``: one redis-py ``GET`` of the bytes a Redis tier stores for a bot (a whole encoded
   registration), on one client — the least a Redis-backed read can cost from Python.
-- ``pg_select``: an asyncpg prepared ``SELECT config::text ... WHERE bot_id = $1`` of the same
-  config, on one held connection — the least a PostgreSQL-backed read can cost.
+- ``pg_select``: an asyncpg prepared ``SELECT config::text ... WHERE bot_id = $1`` on one held
+  connection, of rows a ``PostgresBackend`` wrote (same layout and indexes as a stack's table) —
+  the least a PostgreSQL-backed read of that row can cost.
 
 Each floor is an async context manager that sets up its data in its own namespace (key prefix /
 table), yields a ``call(bot_id)`` to time, and removes everything on exit. Also here: the probes
@@ -18,7 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-from ..codec import dumps, encode_registration
+from ..codec import encode_registration
 from ..frozen import freeze
 from ..models import Registration
 from .measure import Call
@@ -116,31 +117,33 @@ async def redis_get_floor(
 async def pg_select_floor(
     dsn: str, table: str, ids: Sequence[str], config: dict[str, Any]
 ) -> AsyncIterator[Call]:
-    """asyncpg prepared ``SELECT config::text`` by primary key, on one held connection.
+    """asyncpg prepared ``SELECT config::text`` by primary key, on one held connection, of rows
+    that a :class:`~tiered_registry.stores.postgres.PostgresBackend` wrote into a table it created:
+    the same row layout, width and indexes as a stack's own table, so the ratio is the store's
+    overhead over the raw driver reading the same row, not a difference between two tables.
 
     ``table`` must be a plain identifier (the caller's unique name); it is dropped on exit.
     """
     import asyncpg
 
-    conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
-    created = False
+    from ..stores.postgres import PostgresBackend
+    from .stacks import populate
+
+    writer = PostgresBackend(dsn, table=table, min_size=1, max_size=4, connect_timeout=PROBE_TIMEOUT)
+    conn = None
     try:
-        await conn.execute(
-            f'CREATE TABLE "{table}" (bot_id text COLLATE "C" PRIMARY KEY, config jsonb NOT NULL)'
-        )
-        created = True
-        text = dumps(config).decode()
-        await conn.executemany(
-            f'INSERT INTO "{table}" (bot_id, config) VALUES ($1, $2::text::jsonb)',
-            [(bot_id, text) for bot_id in ids],
-        )
+        await writer.initialize()
+        await populate(writer, ids, [config])
+        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
         statement = await conn.prepare(f'SELECT config::text FROM "{table}" WHERE bot_id = $1')
         yield statement.fetchval
     finally:
         try:
-            if created:
+            if writer.is_open:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLEANUP_TIMEOUT):
-                        await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+                        await writer.drop()
         finally:
-            await conn.close(timeout=CLEANUP_TIMEOUT)
+            await writer.close()
+            if conn is not None:
+                await conn.close(timeout=CLEANUP_TIMEOUT)

@@ -55,6 +55,14 @@ class LeasedConnections:
         """Connections currently checked out of the pool by this lease (idle or in use)."""
         return self._leased
 
+    def take_idle(self) -> Connection | None:
+        """An idle, usable connection at once, or ``None`` (then ``await take()``): the common case
+        without a coroutine."""
+        idle = self._idle
+        if idle and _usable(idle[-1]):
+            return idle.pop()
+        return None
+
     async def take(self) -> Connection:
         """A connection for one statement; hand it back with :meth:`give` or :meth:`discard`."""
         while True:
@@ -92,10 +100,16 @@ class LeasedConnections:
 
     async def give(self, conn: Connection) -> None:
         """Hand back a connection whose statement succeeded: to the next waiter, else keep it idle."""
-        if not self._open:
+        if not self.give_nowait(conn):
             await self._return_to_pool(conn)
-        elif not self._wake_one(conn):
+
+    def give_nowait(self, conn: Connection) -> bool:
+        """:meth:`give` without a coroutine; False if the lease is closing (then :meth:`discard` it)."""
+        if not self._open:
+            return False
+        if not self._wake_one(conn):
             self._idle.append(conn)
+        return True
 
     async def discard(self, conn: Connection) -> None:
         """Hand back a connection whose statement failed or was cancelled: the pool cleans it up."""

@@ -28,9 +28,9 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -43,12 +43,10 @@ from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
 from ..query import Query
 from ..redact import redact_url, scrub, url_secrets
-from ._pglease import Connection, LeasedConnections
+from ._pglease import LeasedConnections
 from ._pgsql import ADVISORY_LOCK, NESTED, SCHEMA_EXISTS, TABLE_EXISTS, Statements, check_identifier
 
 __all__ = ["PostgresBackend"]
-
-T = TypeVar("T")
 
 # Driver errors that mean "the server could not be reached or failed", as opposed to a bug.
 _UNAVAILABLE: Final = (
@@ -155,35 +153,39 @@ class PostgresBackend(BackendBase):
             raise BackendUnavailableError(f"{self!r} has no connection pool")
         return pool
 
-    async def _call(self, doing: str, op: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run one statement on a leased connection (or a pool checkout for a caller's pool)."""
+    async def _call(self, doing: str, method: str, *args: Any) -> Any:
+        """``conn.<method>(*args)``: one statement on a leased connection (or a pool checkout for a
+        caller's pool). Written for the point reads: no closure, no coroutine for the lease when
+        a connection is idle."""
         try:
             lease = self._lease
             if lease is None:
                 async with self._db.acquire() as pooled:
-                    return await op(pooled)
-            conn = await lease.take()
+                    return await getattr(pooled, method)(*args)
+            conn = lease.take_idle() or await lease.take()
             try:
-                result = await op(conn)
+                result = await getattr(conn, method)(*args)
             except BaseException:
                 await lease.discard(conn)
                 raise
-            await lease.give(conn)
+            if not lease.give_nowait(conn):
+                await lease.discard(conn)
             return result
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, doing) from exc
 
     async def _fetchval(self, doing: str, sql: str, *args: Any) -> Any:
-        return await self._call(doing, lambda conn: conn.fetchval(sql, *args))
+        return await self._call(doing, "fetchval", sql, *args)
 
     async def _fetchrow(self, doing: str, sql: str, *args: Any) -> Any:
-        return await self._call(doing, lambda conn: conn.fetchrow(sql, *args))
+        return await self._call(doing, "fetchrow", sql, *args)
 
     async def _fetch(self, doing: str, sql: str, *args: Any) -> list[Any]:
-        return await self._call(doing, lambda conn: conn.fetch(sql, *args))
+        result: list[Any] = await self._call(doing, "fetch", sql, *args)
+        return result
 
     async def _execute(self, doing: str, sql: str, *args: Any) -> None:
-        await self._call(doing, lambda conn: conn.execute(sql, *args))
+        await self._call(doing, "execute", sql, *args)
 
     def _unavailable(self, exc: BaseException, doing: str = "query") -> BackendUnavailableError:
         message = f"PostgreSQL unavailable for {self!r} ({doing}): {type(exc).__name__}: {exc}"
@@ -313,7 +315,7 @@ class PostgresBackend(BackendBase):
         return self._decode(row)
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
-        text = await self._fetchval("get_config", self._sql.get_config, bot_id)
+        text = await self._call("get_config", "fetchval", self._sql.get_config, bot_id)
         if text is None:
             return None
         if touch:
