@@ -206,9 +206,11 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     width = 0.38
     bars = ax.bar([p - width / 2 for p in positions], medians, width, label="median", color="#2f6db5")
     ax.bar([p + width / 2 for p in positions], p99s, width, label="p99", color="#9dc3ea")
-    for bar, value in zip(bars, medians, strict=True):
+    for bar, value, stack in zip(bars, medians, stacks, strict=True):
+        # The ratio is to the floor timed alongside this stack; the floor lines were taken apart.
+        ratio = "" if stack.ratio is None else f"\n{stack.ratio:.2f}x {_FLOOR_SHORT[stack.spec.floor]}"
         ax.annotate(
-            format_latency(value * 1000),
+            format_latency(value * 1000) + ratio,
             (bar.get_x() + bar.get_width() / 2, value),
             textcoords="offset points",
             xytext=(0, 3),
@@ -223,7 +225,7 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
             color=color,
             linestyle=style,
             linewidth=1.2,
-            label=f"floor: {FLOOR_LABELS[name]} ({format_latency(latency.median_ns)})",
+            label=f"floor: {FLOOR_LABELS[name]} ({format_latency(latency.median_ns)}, measured apart)",
         )
     ax.set_yscale("log")
     values = medians + p99s + [latency.median_ns / 1000 for latency in result.floors.values()]
