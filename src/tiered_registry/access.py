@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from .models import utcnow
+from .tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_ACCESS_FLUSH_INTERVAL", "AccessRecorder", "AccessSink"]
 
@@ -26,6 +27,7 @@ DEFAULT_ACCESS_FLUSH_INTERVAL = 1.0
 """Seconds between two batched writes of ``last_accessed_at`` (the staleness bound)."""
 
 AccessSink = Callable[[Sequence[str], datetime], Awaitable[None]]
+
 logger = logging.getLogger(__name__)
 
 
@@ -84,10 +86,7 @@ class AccessRecorder:
     async def stop(self) -> None:
         """Stop the flusher and write what is left (errors are logged, not raised)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         try:
             await self.flush()
         except Exception:

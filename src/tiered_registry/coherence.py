@@ -43,6 +43,7 @@ import orjson
 
 from .errors import BackendUnavailableError
 from .redis_client import make_client, map_redis_errors, redact_url, validate_namespace
+from .tasks import cancel_and_wait
 
 __all__ = ["InvalidationChannel"]
 
@@ -119,10 +120,7 @@ class InvalidationChannel:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._up = False
         publisher, self._publisher = self._publisher, None
         if publisher is not None and self._owned:

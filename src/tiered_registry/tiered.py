@@ -23,7 +23,6 @@ cache carries the ``last_accessed_at`` it had when it was cached.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -37,6 +36,7 @@ from .errors import BackendUnavailableError, ConfigurationError
 from .frozen import FrozenDict
 from .models import Registration
 from .query import Query
+from .tasks import cancel_and_wait
 from .tiers.base import ABSENT, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
@@ -390,10 +390,7 @@ class TieredBackend(BackendBase):
 
     async def _stop_debt_collector(self) -> None:
         task, self._debt_collector = self._debt_collector, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _collect_debts(self) -> None:
         """Pay owed invalidations as soon as each tier's breaker lets a call through. Until then

@@ -27,7 +27,6 @@ everything else). ``sweep_interval`` defaults to a tenth of the shorter TTL, at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
@@ -37,6 +36,7 @@ from cachetools import TLRUCache
 from ..errors import ConfigurationError
 from ..frozen import FrozenDict
 from ..models import Registration
+from ..tasks import cancel_and_wait
 from .base import ABSENT, CacheTier, Lookup
 
 __all__ = ["Entry", "LocalCache"]
@@ -117,10 +117,7 @@ class LocalCache(CacheTier):
 
     async def close(self) -> None:
         task, self._sweeper = self._sweeper, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _sweep(self) -> None:
         """Drop expired entries (the hot path does not look at deadlines)."""
