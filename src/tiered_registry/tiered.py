@@ -355,21 +355,17 @@ class TieredBackend(BackendBase):
     # ---- owed invalidations ------------------------------------------------------------------
 
     async def _pay(self, guard: TierGuard) -> None:
-        """Settle ``guard``'s debts once, through its breaker (a failure counts against it)."""
+        """Settle ``guard``'s debts once, through its breaker (a failure counts against it), then
+        tell the other processes what was paid: while the tier held the old values, they may have
+        copied them into their local tiers."""
+        paid: list[str | None] = []
         try:
-            await self._settle(guard)
+            await guard.settle(paid.append)
         except TIER_FAILURES as exc:
             guard.failed()
             self._tier_failed(guard.tier, "settle", exc)
         else:
             guard.succeeded()
-
-    async def _settle(self, guard: TierGuard) -> None:
-        """Pay what ``guard``'s tier is owed, then tell the other processes: while the tier held the
-        old value, they may have copied it into their local tiers."""
-        paid: list[str | None] = []
-        try:
-            await guard.settle(paid.append)
         finally:
             if paid and self._coherence is not None:
                 await self._announce(paid)
