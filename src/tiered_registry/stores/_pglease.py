@@ -9,14 +9,16 @@ checked out and pass them from task to task: a checkout is then a list pop.
 
 What stays asyncpg's job: connecting, reconnecting and cleaning up after a failure. A connection
 whose query failed or was cancelled is released to the pool (which waits for the cancellation,
-rolls back, or terminates it); a connection the server closed is released and replaced. Tasks
-that find all ``size`` connections busy wait in FIFO order for the next one handed back.
+rolls back, or terminates it); one the server closed, or that failed at the connection level, is
+terminated, released and replaced. Tasks that find all ``size`` connections busy wait in FIFO
+order for the next one handed back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -111,8 +113,16 @@ class LeasedConnections:
             self._idle.append(conn)
         return True
 
-    async def discard(self, conn: Connection) -> None:
-        """Hand back a connection whose statement failed or was cancelled: the pool cleans it up."""
+    async def discard(self, conn: Connection, *, broken: bool = False) -> None:
+        """Hand back a connection whose statement failed or was cancelled: the pool cleans it up.
+
+        ``broken``: it failed at the connection level (lost, timed out, server shutting down).
+        It is terminated first: a server going down can leave a connection open but half-way
+        through the protocol, and the pool (we skip its reset query) would hand it out again.
+        """
+        if broken:
+            with contextlib.suppress(Exception):
+                conn.terminate()
         await self._return_to_pool(conn)
 
     async def close(self) -> None:

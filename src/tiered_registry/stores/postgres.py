@@ -57,6 +57,9 @@ _UNAVAILABLE: Final = (
     asyncpg.InsufficientResourcesError,  # too many connections, disk full, out of memory
     asyncpg.InvalidAuthorizationSpecificationError,  # bad user/password when (re)connecting
     asyncpg.InvalidCatalogNameError,  # database does not exist when (re)connecting
+    # The connection is in a state it cannot be used in: seen when the server shut down while a
+    # statement was failing on it (it is terminated; the statement did not happen).
+    asyncpg.InternalClientError,
 )
 
 
@@ -165,8 +168,8 @@ class PostgresBackend(BackendBase):
             conn = lease.take_idle() or await lease.take()
             try:
                 result = await getattr(conn, method)(*args)
-            except BaseException:
-                await lease.discard(conn)
+            except BaseException as exc:
+                await lease.discard(conn, broken=isinstance(exc, _UNAVAILABLE))
                 raise
             if not lease.give_nowait(conn):
                 await lease.discard(conn)
