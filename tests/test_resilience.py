@@ -113,3 +113,34 @@ async def test_a_corrupt_redis_tier_value_is_a_miss_logged_once_and_repaired(
             await stack.store.drop()  # type: ignore[attr-defined]
     finally:
         await raw.aclose()
+
+
+async def test_after_a_redis_restart_no_call_fails_on_a_connection_the_restart_closed(
+    private_redis, namespace
+) -> None:
+    """A restart closes every pooled connection. Each component must replace a dead one on the
+    call that finds it, not report the tier down: with dozens of pooled connections, one failure
+    per connection kept a restarted Redis "down" (breaker re-opening) for seconds, and a failed
+    invalidation PUBLISH left other processes' local copies stale."""
+    from tiered_registry.coherence import InvalidationChannel
+
+    url, start, stop = private_redis
+    tier = RedisCache(url, namespace=namespace)
+    channel = InvalidationChannel(url, namespace=namespace)
+    await tier.initialize()
+    await channel.start()
+    try:
+        # Many connections in each pool: concurrent calls.
+        await asyncio.gather(*(tier.lookup(f"bot-{i}") for i in range(30)))
+        await asyncio.gather(*(channel.publish(f"bot-{i}") for i in range(30)))
+        await asyncio.to_thread(stop)
+        await asyncio.to_thread(start)
+        for i in range(30):  # one at a time: each takes the next pooled (dead) connection
+            found, _ = await tier.lookup(f"bot-{i}")
+            assert found is None
+            assert await channel.publish(f"bot-{i}") is True
+        assert channel.publish_errors == 0
+    finally:
+        await channel.stop()
+        await tier.close()
+

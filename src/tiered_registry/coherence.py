@@ -171,6 +171,7 @@ class InvalidationChannel:
             client, owned = make_client(
                 self._source,
                 retries=0,
+                reconnect=False,
                 socket_timeout=None,
                 connect_timeout=self.connect_timeout,
                 client_name=self.subscriber_name,

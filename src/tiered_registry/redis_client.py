@@ -6,8 +6,13 @@ pub/sub invalidation channel) gets its client here, so they all share the same d
 - **Explicit failure budget.** redis-py 8 retries a failing command 10 times with backoff up to
   1 s by default (a GET to a dead server took ~3 s to raise). Here the timeouts and the retry
   policy are always set: ``retries`` extra attempts with a short capped exponential backoff, for
-  connection errors and timeouts only. One retry (the default) heals a pooled connection that a
-  server restart closed; more only delays the error a caller has to handle anyway.
+  connection errors and timeouts only; more only delays the error a caller has to handle anyway.
+- **A dead pooled connection is replaced, not reported.** A server restart closes every pooled
+  connection at once; each would fail the next command sent on it ("Connection closed by
+  server"), one by one. So even with ``retries=0`` a command that fails with a *connection* error
+  is sent once more, at once, on a new connection (``reconnect``, on by default). A timeout is
+  never retried that way: a hung server costs one ``socket_timeout``, not two. Only a reader that
+  must see every lost connection (the pub/sub listener) turns this off.
 - **Bytes in, bytes out** (``decode_responses=False``): values are JSON that the library decodes
   itself with orjson, straight from bytes. A caller's client that decodes responses is refused.
 - **Secrets stay secret.** ``redact_url`` masks the password of a URL for reprs, logs and errors.
@@ -100,10 +105,12 @@ def describe_source(url_or_client: object) -> str:
     return f"<{type(url_or_client).__name__} client>"
 
 
-def _retry(retries: int, backoff_cap: float) -> Retry:
-    if retries == 0:
-        return Retry(NoBackoff(), 0)
-    return Retry(ExponentialBackoff(cap=backoff_cap, base=min(_BACKOFF_BASE, backoff_cap)), retries)
+def _retry(retries: int, backoff_cap: float, reconnect: bool) -> Retry:
+    if retries > 0:  # covers connection errors too
+        return Retry(ExponentialBackoff(cap=backoff_cap, base=min(_BACKOFF_BASE, backoff_cap)), retries)
+    if reconnect:
+        return Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,))
+    return Retry(NoBackoff(), 0)
 
 
 def _check_options(
@@ -186,6 +193,7 @@ def make_client(
     backoff_cap: float = DEFAULT_BACKOFF_CAP,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     client_name: str | None = None,
+    reconnect: bool = True,
 ) -> tuple[Any, bool]:
     """Return ``(client, owned)``: a client to use, and whether the caller must ``aclose()`` it.
 
@@ -196,7 +204,8 @@ def make_client(
     settings and closes it. ``socket_timeout=None`` waits forever (for a pub/sub reader only).
     ``max_connections`` bounds the pool: more concurrent commands wait for a free connection (up
     to ``socket_timeout``; see :class:`WaitingConnectionPool`). ``client_name`` is set on
-    every connection (``CLIENT SETNAME``: it shows in ``CLIENT LIST``).
+    every connection (``CLIENT SETNAME``: it shows in ``CLIENT LIST``). ``reconnect``: see the
+    module notes (a command that fails on a closed connection is sent once more on a new one).
 
     The client is typed ``Any``: redis-py's annotations return sync/async unions that every call
     site would have to narrow.
@@ -224,7 +233,7 @@ def make_client(
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
-        "retry": _retry(retries, backoff_cap),
+        "retry": _retry(retries, backoff_cap, reconnect),
         "decode_responses": False,
     }
     if client_name is not None:
