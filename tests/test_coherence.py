@@ -88,6 +88,10 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_a_writer_without_a_local_tier_still_evicts_the_others_local_copy(
     make_stack, redis_url, database_url, namespace
 ) -> None:
@@ -104,6 +108,33 @@ async def test_a_writer_without_a_local_tier_still_evicts_the_others_local_copy(
         await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 2}))
         await admin.unregister("bot")
         await _eventually(lambda: _equals(reader.get_config("bot"), None))
+
+
+async def test_an_invalidation_that_could_not_be_published_is_published_later(make_stack) -> None:
+    """The write committed and reached the Redis tier, but its PUBLISH failed (Redis timed out
+    just then): the other processes still hold the old value in their local tiers, whose TTL
+    (300 s here) is the only other bound. The writer owes the announcement and makes it later."""
+    import redis.exceptions
+
+    writer, reader = await make_stack(), await make_stack()
+    await writer.register("bot", {"v": 1})
+    assert reader._coherence is not None
+    await _eventually(lambda: _true(reader._coherence.received == 1))  # the message about it came
+    assert await reader.get_config("bot") == {"v": 1}
+    assert reader.tiers[0].get_entry("bot") is not None  # in reader's local tier
+    channel = writer._coherence
+    assert channel is not None
+    publisher = channel._publisher
+    real_publish = publisher.publish
+
+    async def fail_once(*args: object) -> object:
+        publisher.publish = real_publish
+        raise redis.exceptions.TimeoutError("injected: PUBLISH timed out")
+
+    publisher.publish = fail_once
+    await writer.register("bot", {"v": 2})
+    assert channel.publish_errors == 1
+    await _eventually(lambda: _equals(reader.get_config("bot"), {"v": 2}), timeout=3.0)
 
 
 async def test_a_process_does_not_evict_what_it_just_wrote(make_stack) -> None:

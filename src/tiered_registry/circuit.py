@@ -7,14 +7,17 @@ seconds one request is let through (*half-open*); its success closes the guard a
 A write that cannot reach the tier (failed, or skipped while open) leaves the tier possibly
 holding the old value — harmless while the tier is unreachable, stale the moment it is back. So
 the guard remembers those keys (*owed invalidations*, or "everything" after a ``clear`` or when
-more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them before the tier is
-trusted again. Nothing stale is served when Redis comes back.
+more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them. Nothing stale is
+served when Redis comes back.
 
-:class:`~tiered_registry.TieredBackend` skips a tier that is owed anything and pays from a
-background task as soon as the breaker lets a call through, so no request waits for a debt (which
-may be thousands of keys after an outage) and an idle writer does not leave it until the tier's
-TTL. Other processes may have copied the old value from the tier while it was owed, so every key
-paid is also published on the invalidation channel.
+:class:`~tiered_registry.TieredBackend` does not read an owed key from the tier (other keys are
+read as usual), writes through to the tier whenever the breaker lets it (a write that lands
+settles that key's debt), and pays the rest from a background task as soon as the breaker lets a
+call through: no request waits for a debt (which may be thousands of keys after an outage), and
+an idle writer does not leave it until the tier's TTL. Debts are per key on purpose: when the
+whole tier was skipped until all was paid, every write under load was owed too and the debt
+never shrank. Other processes may have copied the old value from the tier while it was owed, so
+every key paid is also published on the invalidation channel.
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ class TierGuard:
     @property
     def owes(self) -> bool:
         return self._owe_everything or bool(self._owed)
+
+    def owes_for(self, bot_id: str) -> bool:
+        """May the tier hold an old value of ``bot_id``? (Then a read must not trust it.)"""
+        return self._owe_everything or bot_id in self._owed
+
+    def written(self, bot_id: str | None) -> None:
+        """A write of ``bot_id`` (``None``: a clear) reached the tier: its value is current, so
+        that debt is settled. Call :meth:`succeeded` after it."""
+        if bot_id is None:
+            self._owe_everything = False
+            self._owed.clear()
+        elif not self._owe_everything:
+            self._owed.discard(bot_id)
 
     def owe(self, bot_id: str | None) -> None:
         """Remember that the tier may still hold an old value of ``bot_id`` (``None``: of anything)."""

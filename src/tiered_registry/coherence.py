@@ -22,6 +22,11 @@ disconnected is gone. So the listener treats its connection as the source of tru
 - the listener reconnects with backoff; once subscribed again it reports *up*: the backend flushes
   the local tier once more (messages may have been lost in between) and uses it again.
 
+Messages not sent. A PUBLISH that fails (Redis unreachable from the writer just then, or slower
+than ``publish_timeout``) may leave subscribers that are still connected holding the old value.
+The writer owes that message: :class:`~tiered_registry.TieredBackend` publishes it again from its
+background debt collector until it goes through.
+
 Staleness bound: with the channel up, a process serves an old value for about one pub/sub round
 trip after the writer's commit. If messages are lost without the connection noticing, at most
 ``ping_interval + ping_timeout`` seconds pass before the flush, and in every case no local entry
@@ -88,6 +93,7 @@ class InvalidationChannel:
         self.received = 0
         self.published = 0
         self.publish_errors = 0
+        self._failing = 0  # publishes failed in a row
         self.drops = 0
 
     def __repr__(self) -> str:
@@ -128,17 +134,24 @@ class InvalidationChannel:
 
     async def publish(self, bot_id: str | None) -> bool:
         """Tell the other processes that ``bot_id`` (``None``: everything) changed; False if Redis
-        could not be reached (logged, not raised: the write itself has succeeded)."""
+        could not be reached (logged, not raised: the write itself has succeeded; the caller
+        owes the message)."""
         message = orjson.dumps({"s": self.sender, "n": next(self._seq), "k": bot_id})
         try:
             async with map_redis_errors("invalidation publish"):
                 await self._publisher.publish(self.channel, message)
         except BackendUnavailableError:
-            # The other processes' subscribers are most likely down too (and flushing); if not,
-            # their local TTL bounds the staleness. Count it and go on: the write itself succeeded.
+            # Count it and go on: the write itself succeeded. The caller owes the message and
+            # publishes it again later. Logged once per run of failures (a Redis outage fails
+            # every publish, and the owed ones are retried).
             self.publish_errors += 1
-            logger.warning("could not publish the invalidation of %r", bot_id, exc_info=True)
+            self._failing += 1
+            if self._failing == 1:
+                logger.warning("could not publish the invalidation of %r", bot_id, exc_info=True)
             return False
+        if self._failing:
+            logger.warning("invalidations published again after %d failed attempts", self._failing)
+            self._failing = 0
         self.published += 1
         return True
 

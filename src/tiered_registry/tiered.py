@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
@@ -52,6 +51,7 @@ _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or f
 _T = TypeVar("_T")
 _MAX_ANNOUNCED_KEYS: Final = 100  # more paid debts than this: tell the others to flush everything
 _MIN_SETTLE_PAUSE: Final = 0.05
+_ANNOUNCE_RETRY_PAUSE: Final = 0.25  # seconds between two tries of an owed announcement
 TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 
 
@@ -139,6 +139,9 @@ class TieredBackend(BackendBase):
         }
         self._closing = False
         self._debt_collector: asyncio.Task[None] | None = None
+        # Invalidations that could not be published (Redis unreachable from here just then):
+        # the debt collector publishes them later (``None``: everything).
+        self._unannounced: set[str | None] = set()
         self._coherence = _coherence_for(coherence, tiers, store)
 
     def __repr__(self) -> str:
@@ -198,6 +201,11 @@ class TieredBackend(BackendBase):
                 await self._pay(guard)
             if guard.owes:  # then the tier's TTL bounds what it may still serve
                 logger.warning("closing with invalidations still owed to %r", guard.tier)
+        if self._unannounced:  # last chance for these too (bounded by the publish timeout)
+            keys, self._unannounced = self._unannounced, set()
+            await self._announce(keys)
+            if self._unannounced:
+                logger.warning("closing with %d invalidations not published", len(self._unannounced))
         await self._release_parts()
 
     # ---- the hot path ----------------------------------------------------------------------
@@ -315,17 +323,18 @@ class TieredBackend(BackendBase):
         return record
 
     async def _shared(
-        self, tier: CacheTier, operation: str, call: Callable[..., Awaitable[_T]], *args: Any
+        self, tier: CacheTier, operation: str, call: Callable[..., Awaitable[_T]], bot_id: str, *args: Any
     ) -> _T | object:
-        """``call(*args)`` on a shared tier, through its guard: skipped (``_SKIPPED``) while the
-        breaker is open, when it fails, and while the tier is owed invalidations (it may hold old
-        values; the debt collector pays them in the background, no request waits for that)."""
+        """A read (``lookup``/``fill`` of ``bot_id``) on a shared tier, through its guard: skipped
+        (``_SKIPPED``) while the breaker is open, when it fails, and while the tier is owed an
+        invalidation of ``bot_id`` (it may hold the old value; the debt collector pays it in the
+        background, no request waits for that)."""
         guard = self._guards[id(tier)]
         healthy = guard.healthy  # closed, no recent failure, nothing owed: the common case
-        if not healthy and (guard.owes or not guard.available()):
+        if not healthy and (guard.owes_for(bot_id) or not guard.available()):
             return _SKIPPED
         try:
-            result = await call(*args)
+            result = await call(bot_id, *args)
         except TIER_FAILURES as exc:
             guard.failed()
             self._tier_failed(tier, operation, exc)
@@ -338,19 +347,30 @@ class TieredBackend(BackendBase):
         self, bot_id: str | None, operation: str, record: Registration | None
     ) -> None:
         """After a committed write: update (``record``) or forget ``bot_id`` (``None``: everything) in
-        every shared tier, farthest first. A tier that cannot be reached is owed the invalidation."""
+        every shared tier, farthest first, whenever its breaker lets a call through (whatever it
+        owes: a write that lands settles that key). A tier that cannot be reached is owed it."""
         for tier in reversed(self._tiers):
             if tier is self._local:
                 continue
-            if bot_id is None:
-                call: Callable[[], Awaitable[None]] = tier.clear
-            elif record is not None:
-                call = partial(tier.put, bot_id, record)
-            else:
-                call = partial(tier.invalidate, bot_id)
-            if await self._shared(tier, operation, call) is _SKIPPED:
-                self._guards[id(tier)].owe(bot_id)
-                self._start_debt_collector()
+            guard = self._guards[id(tier)]
+            if guard.available():
+                try:
+                    if bot_id is None:
+                        await tier.clear()
+                    elif record is not None:
+                        await tier.put(bot_id, record)
+                    else:
+                        await tier.invalidate(bot_id)
+                except TIER_FAILURES as exc:
+                    guard.failed()
+                    self._tier_failed(tier, operation, exc)
+                else:
+                    if not guard.healthy:
+                        guard.written(bot_id)
+                        guard.succeeded()
+                    continue
+            guard.owe(bot_id)
+            self._start_debt_collector()
 
     # ---- owed invalidations ------------------------------------------------------------------
 
@@ -367,16 +387,25 @@ class TieredBackend(BackendBase):
         else:
             guard.succeeded()
         finally:
-            if paid and self._coherence is not None:
+            if paid:
                 await self._announce(paid)
 
-    async def _announce(self, paid: list[str | None]) -> None:
-        if None in paid or len(paid) > _MAX_ANNOUNCED_KEYS:
-            await self._coherence.publish(None)  # type: ignore[union-attr]
+    async def _announce(self, keys: Iterable[str | None]) -> None:
+        """Publish the invalidation of ``keys`` (``None``: everything) to the other processes.
+        What cannot be published now is owed, and published by the debt collector: until then
+        another process may serve its old local copy (up to its local TTL)."""
+        if self._coherence is None:
             return
-        for bot_id in paid:
-            if not await self._coherence.publish(bot_id):  # type: ignore[union-attr]
-                return  # Redis is gone again: the others' channels are down and flushing too
+        keys = list(keys)
+        if None in keys or len(keys) > _MAX_ANNOUNCED_KEYS:
+            keys = [None]
+        for index, bot_id in enumerate(keys):
+            if not await self._coherence.publish(bot_id):
+                self._unannounced.update(keys[index:])
+                if None in self._unannounced or len(self._unannounced) > _MAX_ANNOUNCED_KEYS:
+                    self._unannounced = {None}
+                self._start_debt_collector()
+                return
 
     def _start_debt_collector(self) -> None:
         if self._debt_collector is None and not self._closing:
@@ -389,16 +418,21 @@ class TieredBackend(BackendBase):
         await cancel_and_wait(task)
 
     async def _collect_debts(self) -> None:
-        """Pay owed invalidations as soon as each tier's breaker lets a call through. Until then
-        the tier is skipped; paying promptly also means an idle writer does not leave the old value
-        in the tier (and in other processes) until the tier's TTL. Runs only while something is owed."""
+        """Pay owed invalidations as soon as each tier's breaker lets a call through, and publish
+        the announcements that could not be published. Until then the tier is skipped; paying
+        promptly also means an idle writer does not leave the old value in the tier (and in other
+        processes) until the tier's TTL. Runs only while something is owed."""
         try:
-            while owing := [g for g in self._guards.values() if g.owes]:
+            while (owing := [g for g in self._guards.values() if g.owes]) or self._unannounced:
                 for guard in owing:
                     if guard.available():
                         await self._pay(guard)
-                if any(g.owes for g in owing):
-                    await asyncio.sleep(min(max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing))
+                if self._unannounced:
+                    keys, self._unannounced = self._unannounced, set()
+                    await self._announce(keys)
+                if any(g.owes for g in owing) or self._unannounced:
+                    pauses = [max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing]
+                    await asyncio.sleep(min(pauses, default=_ANNOUNCE_RETRY_PAUSE))
         finally:
             if self._debt_collector is asyncio.current_task():
                 self._debt_collector = None
@@ -418,8 +452,7 @@ class TieredBackend(BackendBase):
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.set(bot_id, record)
-        if self._coherence is not None:
-            await self._coherence.publish(bot_id)
+        await self._announce((bot_id,))
         return record
 
     async def _invalidate(self, bot_id: str) -> None:
@@ -429,8 +462,7 @@ class TieredBackend(BackendBase):
         if self._local is not None:
             self._local.stats.invalidations += 1
             self._local.delete(bot_id)
-        if self._coherence is not None:
-            await self._coherence.publish(bot_id)
+        await self._announce((bot_id,))
 
     async def _deactivate(self, bot_id: str) -> bool:
         existed = await self._store._deactivate(bot_id)
@@ -446,8 +478,7 @@ class TieredBackend(BackendBase):
         await self._store._clear()
         await self._write_shared_tiers(None, "clear", None)
         self._forget_everything_local()
-        if self._coherence is not None:
-            await self._coherence.publish(None)
+        await self._announce((None,))
 
     # ---- cross-process coherence -----------------------------------------------------------------
 
