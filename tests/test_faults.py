@@ -283,6 +283,19 @@ async def test_a_postgres_restart_under_load(private_redis, pg, namespace) -> No
     _assert_postgres_outage(run, "postgres")
 
 
+async def test_a_postgres_restart_right_after_a_redis_restart(private_redis, pg, namespace) -> None:
+    """The short form of the soak below (one fault of each kind, back to back). Before owed
+    invalidations were per key, the debt left by the Redis outage never shrank under load, so
+    the Redis tier was still skipped, and the final payment evicted every local copy, as
+    PostgreSQL went down: reads of cached bots failed."""
+    faults = [_redis_fault(private_redis), _postgres_fault(pg)]
+    run = await _run(private_redis[0], pg.url, namespace, faults)
+    run.print("Redis restarted, then PostgreSQL")
+    _assert_bounded(run)
+    _assert_postgres_outage(run, "postgres#2")
+    _assert_consistent(run)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SOAK, reason="soak variant: set TR_SOAK=1")
 @pytest.mark.timeout(900)
