@@ -291,6 +291,53 @@ async def test_a_hung_statement_times_out_as_unavailable(make: Make, database_ur
     assert await backend.get_config("bot") == {"v": 1}  # the failed write changed nothing
 
 
+async def test_the_wait_for_a_connection_counts_against_command_timeout(make: Make, database_url) -> None:
+    """One connection, held by a hung statement: the next call, queued for it, is bounded too."""
+    backend = await make(command_timeout=0.3, max_size=1)
+    await backend.register("bot", {"v": 1})
+    locker: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {backend.qualified_table} IN ACCESS EXCLUSIVE MODE")
+            started = time.perf_counter()
+            results = await asyncio.gather(
+                backend.get_config("bot"), backend.get_config("bot"), return_exceptions=True
+            )
+            assert time.perf_counter() - started < 1.5
+            for result in results:
+                assert isinstance(result, BackendUnavailableError)
+                assert isinstance(result.__cause__, TimeoutError)
+    finally:
+        await locker.close()
+    assert await backend.get_config("bot") == {"v": 1}  # the connection was replaced
+
+
+async def test_a_callers_cancellation_of_a_statement_stays_a_cancellation(make: Make, database_url) -> None:
+    """Statement deadlines cancel the waiting task; a cancellation that is the caller's own (here
+    asyncio.timeout, shorter than command_timeout) must not be turned into our timeout error."""
+    backend = await make(command_timeout=0.5)
+    await backend.register("bot", {"v": 1})
+    locker: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {backend.qualified_table} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):  # asyncio.timeout's own, not BackendUnavailableError
+                async with asyncio.timeout(0.1):
+                    await backend.get_config("bot")
+            current = asyncio.current_task()
+            assert current is not None
+            assert current.cancelling() == 0
+            # Our deadline first: our error, and the watchdog's cancellation is withdrawn (else
+            # the caller's next `asyncio.timeout` or `TaskGroup` would misread the task's state).
+            with pytest.raises(BackendUnavailableError):
+                async with asyncio.timeout(5):
+                    await backend.get_config("bot")
+            assert current.cancelling() == 0
+    finally:
+        await locker.close()
+    assert await backend.get_config("bot") == {"v": 1}
+
+
 async def test_use_after_the_pool_was_closed_under_it_is_unavailable(make: Make, database_url) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     backend = await make(pool)

@@ -93,8 +93,9 @@ class LeasedConnections:
                         await self.give(handed)
                     else:
                         self._wake_one(None)
-                else:
-                    self._waiters.remove(waiter)
+                else:  # cancelled while waiting; a hand-over may have dropped it already
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
                 raise
             if conn_or_slot is not None:
                 return conn_or_slot

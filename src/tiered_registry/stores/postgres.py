@@ -43,6 +43,7 @@ from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
 from ..query import Query
 from ..redact import redact_url, scrub, url_secrets
+from ._pgdeadline import StatementDeadlines
 from ._pglease import LeasedConnections
 from ._pgsql import ADVISORY_LOCK, NESTED, SCHEMA_EXISTS, TABLE_EXISTS, Statements, check_identifier
 
@@ -136,6 +137,7 @@ class PostgresBackend(BackendBase):
         # Repeated reads of one config skip parsing and freezing (keyed by the stored text).
         self._decode_config = DecodeCache(_decode_config)
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
+        self._deadlines = StatementDeadlines(command_timeout)
         self._lease: LeasedConnections | None = None
 
     def __repr__(self) -> str:
@@ -160,6 +162,8 @@ class PostgresBackend(BackendBase):
         """``conn.<method>(*args)``: one statement on a leased connection (or a pool checkout for a
         caller's pool). Written for the point reads: no closure, no coroutine for the lease when
         a connection is idle."""
+        deadlines = self._deadlines
+        task = deadlines.begin()
         try:
             lease = self._lease
             if lease is None:
@@ -169,13 +173,21 @@ class PostgresBackend(BackendBase):
             try:
                 result = await getattr(conn, method)(*args)
             except BaseException as exc:
-                await lease.discard(conn, broken=isinstance(exc, _UNAVAILABLE))
+                broken = isinstance(exc, _UNAVAILABLE) or deadlines.is_overdue(task)
+                await lease.discard(conn, broken=broken)
                 raise
             if not lease.give_nowait(conn):
                 await lease.discard(conn)
             return result
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, doing) from exc
+        except asyncio.CancelledError:
+            if deadlines.overdue(task):
+                late = TimeoutError(f"statement not done within command_timeout={deadlines.timeout}s")
+                raise self._unavailable(late, doing) from late
+            raise
+        finally:
+            deadlines.end(task)
 
     async def _fetchval(self, doing: str, sql: str, *args: Any) -> Any:
         return await self._call(doing, "fetchval", sql, *args)
@@ -211,14 +223,18 @@ class PostgresBackend(BackendBase):
                     self._dsn,
                     min_size=self._min_size,
                     max_size=self._max_size,
-                    command_timeout=self._command_timeout,
+                    command_timeout=None,  # bounded by self._deadlines instead (cheaper per statement)
                     timeout=self._connect_timeout,
                     reset=_keep_session,
                 )
             except _UNAVAILABLE as exc:
                 raise self._unavailable(exc, "connect") from exc
         try:
-            await self._create_table()
+            try:
+                async with asyncio.timeout(self._command_timeout):
+                    await self._create_table()
+            except TimeoutError as exc:  # a server that accepts connections but does not answer
+                raise self._unavailable(exc, "create table") from exc
         except BaseException:
             if self._owns_pool:
                 await self._release_pool()
@@ -226,6 +242,7 @@ class PostgresBackend(BackendBase):
         if self._owns_pool and self._lease is None:
             assert self._pool is not None
             self._lease = LeasedConnections(self._pool, self._max_size)
+        self._deadlines.start()
         self._recorder.start()
 
     async def _create_table(self) -> None:
@@ -253,6 +270,7 @@ class PostgresBackend(BackendBase):
 
     async def _close(self) -> None:
         await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
+        await self._deadlines.stop()
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.close()
