@@ -78,7 +78,9 @@ class PostgresBackend(BackendBase):
     ``dsn_or_pool`` is a ``postgresql://`` DSN (the backend then owns its pool of
     ``min_size``..``max_size`` connections) or an existing ``asyncpg.Pool`` (used as is, and
     never closed by :meth:`close`: whoever created it closes it). ``command_timeout`` bounds each
-    statement and ``connect_timeout`` each connection attempt, in seconds (an own pool only).
+    statement, the wait for a free connection included, to about ``1.1 * command_timeout``
+    seconds (see :mod:`~tiered_registry.stores._pgdeadline`; ``None``: unbounded), and
+    ``connect_timeout`` each connection attempt (an own pool only).
     ``access_flush_interval`` is the staleness bound of ``last_accessed_at``: ``get`` returns the
     stored value, which may lag the reads not yet flushed by up to that many seconds.
 
