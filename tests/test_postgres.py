@@ -272,22 +272,29 @@ async def test_a_killed_connection_is_replaced(make: Make, pg) -> None:
     assert await backend.get_config("bot") == {"v": 1}
 
 
-async def test_a_hung_statement_times_out_as_unavailable(make: Make, database_url) -> None:
-    backend = await make(command_timeout=0.2)
-    await backend.register("bot", {"v": 1})
+@contextlib.asynccontextmanager
+async def _table_locked(database_url: str, backend: PostgresBackend) -> AsyncIterator[None]:
+    """Another session holds an exclusive lock on the backend's table: its statements hang."""
     locker: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
     try:
         async with locker.transaction():
             await locker.execute(f"LOCK TABLE {backend.qualified_table} IN ACCESS EXCLUSIVE MODE")
-            started = time.perf_counter()
-            with pytest.raises(BackendUnavailableError) as info:
-                await backend.get_config("bot")
-            assert time.perf_counter() - started < 2
-            assert isinstance(info.value.__cause__, TimeoutError)
-            with pytest.raises(BackendUnavailableError):
-                await backend.register("bot", {"v": 2})
+            yield
     finally:
         await locker.close()
+
+
+async def test_a_hung_statement_times_out_as_unavailable(make: Make, database_url) -> None:
+    backend = await make(command_timeout=0.2)
+    await backend.register("bot", {"v": 1})
+    async with _table_locked(database_url, backend):
+        started = time.perf_counter()
+        with pytest.raises(BackendUnavailableError) as info:
+            await backend.get_config("bot")
+        assert time.perf_counter() - started < 2
+        assert isinstance(info.value.__cause__, TimeoutError)
+        with pytest.raises(BackendUnavailableError):
+            await backend.register("bot", {"v": 2})
     assert await backend.get_config("bot") == {"v": 1}  # the failed write changed nothing
 
 
@@ -295,20 +302,15 @@ async def test_the_wait_for_a_connection_counts_against_command_timeout(make: Ma
     """One connection, held by a hung statement: the next call, queued for it, is bounded too."""
     backend = await make(command_timeout=0.3, max_size=1)
     await backend.register("bot", {"v": 1})
-    locker: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        async with locker.transaction():
-            await locker.execute(f"LOCK TABLE {backend.qualified_table} IN ACCESS EXCLUSIVE MODE")
-            started = time.perf_counter()
-            results = await asyncio.gather(
-                backend.get_config("bot"), backend.get_config("bot"), return_exceptions=True
-            )
-            assert time.perf_counter() - started < 1.5
-            for result in results:
-                assert isinstance(result, BackendUnavailableError)
-                assert isinstance(result.__cause__, TimeoutError)
-    finally:
-        await locker.close()
+    async with _table_locked(database_url, backend):
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            backend.get_config("bot"), backend.get_config("bot"), return_exceptions=True
+        )
+        assert time.perf_counter() - started < 1.5
+        for result in results:
+            assert isinstance(result, BackendUnavailableError)
+            assert isinstance(result.__cause__, TimeoutError)
     assert await backend.get_config("bot") == {"v": 1}  # the connection was replaced
 
 
@@ -317,24 +319,19 @@ async def test_a_callers_cancellation_of_a_statement_stays_a_cancellation(make: 
     asyncio.timeout, shorter than command_timeout) must not be turned into our timeout error."""
     backend = await make(command_timeout=0.5)
     await backend.register("bot", {"v": 1})
-    locker: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
-    try:
-        async with locker.transaction():
-            await locker.execute(f"LOCK TABLE {backend.qualified_table} IN ACCESS EXCLUSIVE MODE")
-            with pytest.raises(TimeoutError):  # asyncio.timeout's own, not BackendUnavailableError
-                async with asyncio.timeout(0.1):
-                    await backend.get_config("bot")
-            current = asyncio.current_task()
-            assert current is not None
-            assert current.cancelling() == 0
-            # Our deadline first: our error, and the watchdog's cancellation is withdrawn (else
-            # the caller's next `asyncio.timeout` or `TaskGroup` would misread the task's state).
-            with pytest.raises(BackendUnavailableError):
-                async with asyncio.timeout(5):
-                    await backend.get_config("bot")
-            assert current.cancelling() == 0
-    finally:
-        await locker.close()
+    async with _table_locked(database_url, backend):
+        with pytest.raises(TimeoutError):  # asyncio.timeout's own, not BackendUnavailableError
+            async with asyncio.timeout(0.1):
+                await backend.get_config("bot")
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0
+        # Our deadline first: our error, and the watchdog's cancellation is withdrawn (else
+        # the caller's next `asyncio.timeout` or `TaskGroup` would misread the task's state).
+        with pytest.raises(BackendUnavailableError):
+            async with asyncio.timeout(5):
+                await backend.get_config("bot")
+        assert current.cancelling() == 0
     assert await backend.get_config("bot") == {"v": 1}
 
 
