@@ -11,13 +11,10 @@ more than ``max_owed`` keys pile up) and :meth:`TierGuard.settle` pays them. Not
 served when Redis comes back.
 
 :class:`~tiered_registry.TieredBackend` does not read an owed key from the tier (other keys are
-read as usual), writes through to the tier whenever the breaker lets it (a write that lands
-settles that key's debt), and pays the rest from a background task as soon as the breaker lets a
-call through: no request waits for a debt (which may be thousands of keys after an outage), and
-an idle writer does not leave it until the tier's TTL. Debts are per key on purpose: when the
-whole tier was skipped until all was paid, every write under load was owed too and the debt
-never shrank. Other processes may have copied the old value from the tier while it was owed, so
-every key paid is also published on the invalidation channel.
+read as usual) and writes through to the tier whenever the breaker lets it (a write that lands
+settles that key: :meth:`TierGuard.written`); :class:`~tiered_registry.owed.OwedInvalidations`
+pays the rest in the background. Debts are per key on purpose: when the whole tier was skipped
+until all was paid, every write under load was owed too and the debt never shrank.
 """
 
 from __future__ import annotations

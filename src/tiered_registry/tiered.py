@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
 from .circuit import TierGuard
-from .errors import BackendUnavailableError, ConfigurationError
+from .errors import ConfigurationError
 from .frozen import FrozenDict
 from .models import Registration
+from .owed import OwedInvalidations
 from .query import Query
-from .tasks import cancel_and_wait
-from .tiers.base import ABSENT, CacheTier, Lookup
+from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
 
@@ -49,10 +49,6 @@ logger = logging.getLogger(__name__)
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
 _T = TypeVar("_T")
-_MAX_ANNOUNCED_KEYS: Final = 100  # more paid debts than this: tell the others to flush everything
-_MIN_SETTLE_PAUSE: Final = 0.05
-_ANNOUNCE_RETRY_PAUSE: Final = 0.25  # seconds between two tries of an owed announcement
-TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 
 
 class _Flight:
@@ -138,11 +134,8 @@ class TieredBackend(BackendBase):
             if t is not self._local
         }
         self._closing = False
-        self._debt_collector: asyncio.Task[None] | None = None
-        # Invalidations that could not be published (Redis unreachable from here just then):
-        # the debt collector publishes them later (``None``: everything).
-        self._unannounced: set[str | None] = set()
         self._coherence = _coherence_for(coherence, tiers, store)
+        self._owed = OwedInvalidations(self._guards.values(), self._coherence, self._tier_failed)
 
     def __repr__(self) -> str:
         return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
@@ -181,7 +174,7 @@ class TieredBackend(BackendBase):
         ``final`` (a failed initialize): the store goes back to *not initialized*, so that
         ``initialize()`` can be tried again once the server is up."""
         self._hot = _NO_ENTRIES
-        steps: list[Callable[[], Awaitable[None]]] = [self._stop_debt_collector, self._recorder.stop]
+        steps: list[Callable[[], Awaitable[None]]] = [self._owed.stop, self._recorder.stop]
         if self._coherence is not None:
             steps.insert(0, self._coherence.stop)
         steps += [tier.close for tier in self._tiers]
@@ -195,17 +188,7 @@ class TieredBackend(BackendBase):
 
     async def _close(self) -> None:
         self._closing = True
-        await self._stop_debt_collector()
-        for guard in self._guards.values():
-            if guard.owes and guard.available():  # last chance, bounded by the tier's timeouts
-                await self._pay(guard)
-            if guard.owes:  # then the tier's TTL bounds what it may still serve
-                logger.warning("closing with invalidations still owed to %r", guard.tier)
-        if self._unannounced:  # last chance for these too (bounded by the publish timeout)
-            keys, self._unannounced = self._unannounced, set()
-            await self._announce(keys)
-            if self._unannounced:
-                logger.warning("closing with %d invalidations not published", len(self._unannounced))
+        await self._owed.close()  # last chance to pay what this process owes
         await self._release_parts()
 
     # ---- the hot path ----------------------------------------------------------------------
@@ -327,8 +310,7 @@ class TieredBackend(BackendBase):
     ) -> _T | object:
         """A read (``lookup``/``fill`` of ``bot_id``) on a shared tier, through its guard: skipped
         (``_SKIPPED``) while the breaker is open, when it fails, and while the tier is owed an
-        invalidation of ``bot_id`` (it may hold the old value; the debt collector pays it in the
-        background, no request waits for that)."""
+        invalidation of ``bot_id`` (it may hold the old value; see :mod:`tiered_registry.owed`)."""
         guard = self._guards[id(tier)]
         healthy = guard.healthy  # closed, no recent failure, nothing owed: the common case
         if not healthy and (guard.owes_for(bot_id) or not guard.available()):
@@ -369,73 +351,7 @@ class TieredBackend(BackendBase):
                         guard.written(bot_id)
                         guard.succeeded()
                     continue
-            guard.owe(bot_id)
-            self._start_debt_collector()
-
-    # ---- owed invalidations ------------------------------------------------------------------
-
-    async def _pay(self, guard: TierGuard) -> None:
-        """Settle ``guard``'s debts once, through its breaker (a failure counts against it), then
-        tell the other processes what was paid: while the tier held the old values, they may have
-        copied them into their local tiers."""
-        paid: list[str | None] = []
-        try:
-            await guard.settle(paid.append)
-        except TIER_FAILURES as exc:
-            guard.failed()
-            self._tier_failed(guard.tier, "settle", exc)
-        else:
-            guard.succeeded()
-        finally:
-            if paid:
-                await self._announce(paid)
-
-    async def _announce(self, keys: Iterable[str | None]) -> None:
-        """Publish the invalidation of ``keys`` (``None``: everything) to the other processes.
-        What cannot be published now is owed, and published by the debt collector: until then
-        another process may serve its old local copy (up to its local TTL)."""
-        if self._coherence is None:
-            return
-        keys = list(keys)
-        if None in keys or len(keys) > _MAX_ANNOUNCED_KEYS:
-            keys = [None]
-        for index, bot_id in enumerate(keys):
-            if not await self._coherence.publish(bot_id):
-                self._unannounced.update(keys[index:])
-                if None in self._unannounced or len(self._unannounced) > _MAX_ANNOUNCED_KEYS:
-                    self._unannounced = {None}
-                self._start_debt_collector()
-                return
-
-    def _start_debt_collector(self) -> None:
-        if self._debt_collector is None and not self._closing:
-            self._debt_collector = asyncio.get_running_loop().create_task(
-                self._collect_debts(), name="tiered-registry-settle"
-            )
-
-    async def _stop_debt_collector(self) -> None:
-        task, self._debt_collector = self._debt_collector, None
-        await cancel_and_wait(task)
-
-    async def _collect_debts(self) -> None:
-        """Pay owed invalidations as soon as each tier's breaker lets a call through, and publish
-        the announcements that could not be published. Until then the tier is skipped; paying
-        promptly also means an idle writer does not leave the old value in the tier (and in other
-        processes) until the tier's TTL. Runs only while something is owed."""
-        try:
-            while (owing := [g for g in self._guards.values() if g.owes]) or self._unannounced:
-                for guard in owing:
-                    if guard.available():
-                        await self._pay(guard)
-                if self._unannounced:
-                    keys, self._unannounced = self._unannounced, set()
-                    await self._announce(keys)
-                if any(g.owes for g in owing) or self._unannounced:
-                    pauses = [max(g.reset_timeout, _MIN_SETTLE_PAUSE) for g in owing]
-                    await asyncio.sleep(min(pauses, default=_ANNOUNCE_RETRY_PAUSE))
-        finally:
-            if self._debt_collector is asyncio.current_task():
-                self._debt_collector = None
+            self._owed.owe(guard, bot_id)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -452,7 +368,7 @@ class TieredBackend(BackendBase):
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.set(bot_id, record)
-        await self._announce((bot_id,))
+        await self._owed.announce((bot_id,))
         return record
 
     async def _invalidate(self, bot_id: str) -> None:
@@ -462,7 +378,7 @@ class TieredBackend(BackendBase):
         if self._local is not None:
             self._local.stats.invalidations += 1
             self._local.delete(bot_id)
-        await self._announce((bot_id,))
+        await self._owed.announce((bot_id,))
 
     async def _deactivate(self, bot_id: str) -> bool:
         existed = await self._store._deactivate(bot_id)
@@ -478,7 +394,7 @@ class TieredBackend(BackendBase):
         await self._store._clear()
         await self._write_shared_tiers(None, "clear", None)
         self._forget_everything_local()
-        await self._announce((None,))
+        await self._owed.announce((None,))
 
     # ---- cross-process coherence -----------------------------------------------------------------
 

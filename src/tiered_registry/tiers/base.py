@@ -13,9 +13,14 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TypeAlias
 
+from ..errors import BackendUnavailableError
 from ..models import Registration
 
-__all__ = ["ABSENT", "CacheTier", "Lookup", "TierStats"]
+__all__ = ["ABSENT", "TIER_FAILURES", "CacheTier", "Lookup", "TierStats"]
+
+TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
+"""What a shared tier raises when it cannot be reached; the backend skips the tier for these
+(anything else is a bug, and propagates)."""
 
 
 class _Absent(enum.Enum):
