@@ -93,6 +93,7 @@ class AccessRecorder:
             logger.exception("could not write %d pending access times on close", len(self.pending))
 
     async def _run(self) -> None:
+        failed = 0  # flushes failed in a row: an outage is logged once, not every interval
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -100,4 +101,10 @@ class AccessRecorder:
             try:
                 await self.flush()
             except Exception:
-                logger.warning("access-time flush failed; will retry", exc_info=True)
+                failed += 1
+                if failed == 1:
+                    logger.warning("access-time flush failed; will retry", exc_info=True)
+                continue
+            if failed:
+                logger.warning("access times written again after %d failed flushes", failed)
+                failed = 0
