@@ -24,8 +24,8 @@ disconnected is gone. So the listener treats its connection as the source of tru
 
 Messages not sent. A PUBLISH that fails (Redis unreachable from the writer just then, or slower
 than ``publish_timeout``) may leave subscribers that are still connected holding the old value.
-The writer owes that message: :class:`~tiered_registry.TieredBackend` publishes it again from its
-background debt collector until it goes through.
+The writer owes that message: its :class:`~tiered_registry.owed.OwedInvalidations` publishes it
+again from the background until it goes through.
 
 Staleness bound: with the channel up, a process serves an old value for about one pub/sub round
 trip after the writer's commit. If messages are lost without the connection noticing, at most
