@@ -15,6 +15,7 @@ from .errors import (
     InvalidInputError,
     InvalidTypeError,
     RegistryError,
+    WriteOutcomeUnknownError,
 )
 from .factory import create_backend
 from .frozen import FrozenDict, FrozenList, freeze, thaw
@@ -51,6 +52,7 @@ __all__ = [
     "RegistryError",
     "SortSpec",
     "TieredBackend",
+    "WriteOutcomeUnknownError",
     "create_backend",
     "freeze",
     "thaw",

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidTypeError",
     "RegistryError",
+    "WriteOutcomeUnknownError",
 ]
 
 
@@ -52,3 +53,13 @@ class BackendNotInitializedError(RegistryError, RuntimeError):
 
 class BackendUnavailableError(RegistryError, ConnectionError):
     """The server behind a backend could not be reached or failed; ``__cause__`` holds the driver error."""
+
+
+class WriteOutcomeUnknownError(BackendUnavailableError):
+    """A write failed in a way that leaves its outcome unknown: it may or may not have happened.
+
+    Raised when the statement may have reached the server before the failure (a timeout, a
+    connection lost mid-statement, a cancellation after it was sent), the way database clients
+    report an indeterminate commit. Every cache tier has dropped the bot (and other processes
+    were told), so the next read shows whatever the store holds; read it back to find out.
+    """
