@@ -33,7 +33,13 @@ _HALF_OPEN: Final = "half-open"
 
 
 class TierGuard:
-    """Breaker state and owed invalidations of one tier (no I/O of its own but :meth:`settle`)."""
+    """Breaker state and owed invalidations of one tier (no I/O of its own but :meth:`settle`).
+
+    Debts carry a *generation* (a counter bumped by every :meth:`owe`), so paying one never
+    discards a newer one: :meth:`settle` removes a key only if it was not owed again while its
+    invalidation was in flight, and a write that lands settles only what was owed before it
+    started (:meth:`written`, given :attr:`generation` as it was then).
+    """
 
     def __init__(
         self,
@@ -50,19 +56,30 @@ class TierGuard:
         self.state = _CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._owed: set[str] = set()
-        self._owe_everything = False
+        self._probe_at = 0.0
+        self.generation = 0  # bumped by every owe()
+        self._owed: dict[str, int] = {}  # bot id -> generation of its latest debt
+        self._everything: int | None = None  # generation of the latest "everything" debt
         self.opened = 0  # how many times the breaker opened (for stats)
         # Closed, no failure since the last success and nothing owed: a call needs no bookkeeping
         # before or after (kept up to date by every method here; read on every shared-tier call).
         self.healthy = True
 
     def available(self) -> bool:
-        """May the tier be called now? (Closed; or open long enough to try one request.)"""
+        """May the tier be called now? (Closed; or open long enough to try one request.)
+
+        Half-open lets one probe through. A probe that neither fails nor succeeds (its caller
+        was cancelled, or it hangs) must not keep the breaker half-open for ever: after
+        ``reset_timeout`` without an answer another probe is let through.
+        """
         if self.state == _CLOSED:
             return True
-        if self.state == _OPEN and time.monotonic() - self._opened_at >= self.reset_timeout:
+        now = time.monotonic()
+        if (self.state == _OPEN and now - self._opened_at >= self.reset_timeout) or (
+            self.state == _HALF_OPEN and now - self._probe_at >= self.reset_timeout
+        ):
             self.state = _HALF_OPEN
+            self._probe_at = now
             return True
         return False
 
@@ -80,42 +97,64 @@ class TierGuard:
             self.state = _OPEN
             self._opened_at = time.monotonic()
 
+    def abandoned(self) -> None:
+        """A call through the breaker was cancelled before it answered: if it was the half-open
+        probe, the breaker is open again (the next probe after ``reset_timeout``)."""
+        if self.state == _HALF_OPEN:
+            self.state = _OPEN
+            self._opened_at = time.monotonic()
+
     @property
     def owes(self) -> bool:
-        return self._owe_everything or bool(self._owed)
+        return self._everything is not None or bool(self._owed)
 
     def owes_for(self, bot_id: str) -> bool:
         """May the tier hold an old value of ``bot_id``? (Then a read must not trust it.)"""
-        return self._owe_everything or bot_id in self._owed
+        return self._everything is not None or bot_id in self._owed
 
-    def written(self, bot_id: str | None) -> None:
-        """A write of ``bot_id`` (``None``: a clear) reached the tier: its value is current, so
-        that debt is settled. Call :meth:`succeeded` after it."""
+    def written(self, bot_id: str | None, since: int) -> None:
+        """A write of ``bot_id`` (``None``: a clear) that started when :attr:`generation` was
+        ``since`` reached the tier: what was owed for that key before it started is settled (the
+        write committed after those writes did). Call :meth:`succeeded` after it."""
         if bot_id is None:
-            self._owe_everything = False
-            self._owed.clear()
-        elif not self._owe_everything:
-            self._owed.discard(bot_id)
+            if self._everything is not None and self._everything <= since:
+                self._everything = None
+            self._forget_owed(since)
+        else:
+            owed_at = self._owed.get(bot_id)
+            if owed_at is not None and owed_at <= since:
+                del self._owed[bot_id]
 
     def owe(self, bot_id: str | None) -> None:
         """Remember that the tier may still hold an old value of ``bot_id`` (``None``: of anything)."""
         self.healthy = False
+        self.generation += 1
         if bot_id is None or len(self._owed) >= self.max_owed:
-            self._owe_everything = True
-            self._owed.clear()
-        elif not self._owe_everything:
-            self._owed.add(bot_id)
+            self._everything = self.generation
+            self._owed.clear()  # a clear paid later covers them
+        else:
+            self._owed[bot_id] = self.generation
 
     async def settle(self, paid: Callable[[str | None], object] = lambda bot_id: None) -> None:
         """Pay the owed invalidations, calling ``paid`` with each key as it is paid (``None``:
-        everything). Raises the tier's error if it is still down; what was paid stays paid."""
-        if self._owe_everything:
+        everything). Raises the tier's error if it is still down; what was paid stays paid.
+        A debt incurred while its payment was in flight stays owed (the next settle pays it)."""
+        if self._everything is not None:
+            owed_at, since = self._everything, self.generation
             await self.tier.clear()
-            self._owe_everything = False
+            if self._everything == owed_at:
+                self._everything = None
+            self._forget_owed(since)
             paid(None)
-        while self._owed:
-            bot_id = next(iter(self._owed))
+        for bot_id, owed_at in list(self._owed.items()):
             await self.tier.invalidate(bot_id)
-            self._owed.discard(bot_id)
+            if self._owed.get(bot_id) == owed_at:
+                del self._owed[bot_id]
             paid(bot_id)
-        self.healthy = self.state == _CLOSED and self._failures == 0
+        self.healthy = self.state == _CLOSED and self._failures == 0 and not self.owes
+
+    def _forget_owed(self, since: int) -> None:
+        """Settle every key owed at or before generation ``since`` (a clear paid them)."""
+        for bot_id, owed_at in list(self._owed.items()):
+            if owed_at <= since:
+                del self._owed[bot_id]

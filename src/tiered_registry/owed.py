@@ -88,6 +88,9 @@ class OwedInvalidations:
         except TIER_FAILURES as exc:
             guard.failed()
             self._tier_failed(guard.tier, "settle", exc)
+        except asyncio.CancelledError:  # stopped while the tier had not answered
+            guard.abandoned()
+            raise
         else:
             guard.succeeded()
         finally:
