@@ -513,7 +513,8 @@ class RegistryMachine(RuleBasedStateMachine):
             await self.sweep_redis()
 
     async def sweep_redis(self) -> None:
-        """After ``clear()`` only the cache tier's clear epoch may remain; delete it too."""
+        """After ``clear()`` only the cache tier's clear epoch and version sequence may remain
+        (both must outlive any write in flight); delete them too."""
         uses_redis = any(
             isinstance(part, RedisBackend | RedisCache)
             for backend in self.instances[:1]
@@ -528,7 +529,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 await client.unlink(*keys)
         finally:
             await client.aclose()
-        left = {key.decode() for key in keys} - {f"{{{self.namespace}}}:epoch"}
+        left = {key.decode() for key in keys} - {f"{{{self.namespace}}}:epoch", f"{{{self.namespace}}}:seq"}
         assert not left, f"clear() left keys of the namespace behind: {sorted(left)}"
 
 

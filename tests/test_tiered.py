@@ -283,7 +283,7 @@ class _DeadTier(CacheTier):
     async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
         raise BackendUnavailableError("connection refused")
 
-    async def put(self, bot_id: str, record: Registration) -> None:
+    async def put(self, bot_id: str, record: Registration, token: object) -> None:
         raise BackendUnavailableError("connection refused")
 
     async def invalidate(self, bot_id: str) -> None:

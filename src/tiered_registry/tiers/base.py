@@ -3,7 +3,10 @@
 A tier answers ``lookup`` with a registration, :data:`ABSENT` (a remembered miss: the bot is
 known not to exist), or ``None`` (this tier does not know). Fills after a read carry the *token*
 that the tier's own lookup returned, so a tier shared between processes (Redis) can refuse a fill
-whose read started before a newer write or invalidation (a stale fill).
+whose read started before a newer write or invalidation (a stale fill). Write-through puts carry
+a token too, taken before the write went to the store, so that of two writers the one whose
+commit came first can never overwrite the other's value in the tier (its put becomes an
+invalidation).
 """
 
 from __future__ import annotations
@@ -76,9 +79,16 @@ class CacheTier(abc.ABC):
     async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
         """Cache a value read from below (``None`` = remember the miss), unless ``token`` is stale."""
 
+    async def write_token(self, bot_id: str) -> object:
+        """Taken before a write goes to the store, and handed back to :meth:`put` after it
+        committed: a tier shared between processes refuses the put if another write of
+        ``bot_id`` (or a clear) reached it in between, since that one may have committed later."""
+        return None
+
     @abc.abstractmethod
-    async def put(self, bot_id: str, record: Registration) -> None:
-        """Write-through after a successful write to the store: replace unconditionally."""
+    async def put(self, bot_id: str, record: Registration, token: object) -> None:
+        """Write-through after a committed write: cache ``record``, unless ``token`` (from
+        :meth:`write_token`) shows that another write reached the tier since; then forget it."""
 
     @abc.abstractmethod
     async def invalidate(self, bot_id: str) -> None:

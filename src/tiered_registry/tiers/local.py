@@ -189,7 +189,8 @@ class LocalCache(CacheTier):
         # right before this call), so no token is needed here.
         self.set(bot_id, record)
 
-    async def put(self, bot_id: str, record: Registration) -> None:
+    async def put(self, bot_id: str, record: Registration, token: object) -> None:
+        # Concurrent writers of one key are detected by the backend (it deletes instead).
         self.set(bot_id, record)
 
     async def invalidate(self, bot_id: str) -> None:

@@ -4,7 +4,9 @@ Keys (all under the hash tag ``{namespace}``, so a cluster keeps a namespace in 
 
 - ``{ns}:c:<bot_id>`` — the cached registration (the library's one codec) or ``null`` for a
   remembered miss; expires after ``ttl`` (``negative_ttl`` for a miss).
-- ``{ns}:v:<bot_id>`` — the key's version, incremented by every write-through and invalidation.
+- ``{ns}:v:<bot_id>`` — the key's version, set by every write-through and invalidation to the
+  next number of ``{ns}:seq``. Numbers are never reused, also after ``clear()`` deleted the
+  version keys, so a token can never match a version that was deleted and made again.
 - ``{ns}:epoch`` — incremented by ``clear()`` (and expires once no fill can be in flight).
 
 A hit is one ``GET`` of the value; a miss also reads version and epoch (one ``MGET``) before
@@ -12,6 +14,14 @@ the store is read, and the fill that follows is a small Lua script that writes o
 and epoch are still what the lookup saw. So a
 process whose read started before another process's write can never put the old value back —
 the stale-fill guard works across processes, not only inside one.
+
+Write-through is guarded the same way. A writer reads version and epoch *before* its write goes
+to the store (:meth:`RedisCache.write_token`); after the commit, one script sets the value only
+if neither moved, and otherwise deletes it — either way it bumps the version. Two writers of one
+bot can reach Redis in the opposite order of their commits (a reply delayed, a task paused);
+whichever comes second finds the version moved and deletes, so Redis never keeps the value of
+the earlier commit: the next read takes the store's value. Deletes and clears need no token:
+forgetting is always safe.
 
 Failures of Redis surface as :class:`~tiered_registry.errors.BackendUnavailableError`, which the
 :class:`~tiered_registry.TieredBackend` counts and skips; the timeouts and retry policy are explicit
@@ -41,6 +51,29 @@ if (redis.call('GET', KEYS[2]) or '') == ARGV[1] and (redis.call('GET', KEYS[3])
 end
 return 0
 """
+# Both write scripts end by giving the key a new version. KEYS: value, version, epoch, seq.
+_NEW_VERSION: Final = """
+local version = redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[2], version, 'PX', ARGV[1])
+"""
+# ARGV: version ttl ms, then the version and epoch seen before the commit, payload, ttl ms. Sets
+# the value if neither moved since, deletes it otherwise.
+_PUT_IF_UNCHANGED: Final = (
+    """
+local written = 0
+if (redis.call('GET', KEYS[2]) or '') == ARGV[2] and (redis.call('GET', KEYS[3]) or '') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  written = 1
+else
+  redis.call('UNLINK', KEYS[1])
+end
+"""
+    + _NEW_VERSION
+    + "return written"
+)
+# ARGV: version ttl ms.
+_INVALIDATE: Final = "redis.call('UNLINK', KEYS[1])" + _NEW_VERSION
 
 
 class RedisCache(CacheTier):
@@ -82,10 +115,13 @@ class RedisCache(CacheTier):
         self._client: Any = None
         self._owned = False
         self._fill_script: Any = None
+        self._put_script: Any = None
+        self._invalidate_script: Any = None
         prefix = f"{{{self.namespace}}}"
         self._value_prefix = f"{prefix}:c:"
         self._version_prefix = f"{prefix}:v:"
         self._epoch_key = f"{prefix}:epoch"
+        self._seq_key = f"{prefix}:seq"
         self._warned_corrupt = False
         self._decode = DecodeCache(decode_registration, decode_cache_size)
 
@@ -105,6 +141,8 @@ class RedisCache(CacheTier):
                 retries=self._retries,
             )
             self._fill_script = self._client.register_script(_FILL_IF_UNCHANGED)
+            self._put_script = self._client.register_script(_PUT_IF_UNCHANGED)
+            self._invalidate_script = self._client.register_script(_INVALIDATE)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -155,26 +193,31 @@ class RedisCache(CacheTier):
         if written:
             self.stats.fills += 1
 
-    async def put(self, bot_id: str, record: Registration) -> None:
-        await self._write(bot_id, encode_registration(record))
-        self.stats.fills += 1
+    async def write_token(self, bot_id: str) -> tuple[bytes, bytes]:
+        return await self._fill_token(bot_id)
+
+    async def put(self, bot_id: str, record: Registration, token: object) -> None:
+        if token is None:  # no token could be taken before the commit: forgetting is safe
+            await self.invalidate(bot_id)
+            return
+        assert isinstance(token, tuple)
+        version, epoch = token
+        args = [self._version_ttl_ms, version, epoch, encode_registration(record), self._ttl_ms]
+        async with map_redis_errors("RedisCache write"):
+            written = await self._put_script(keys=self._write_keys(bot_id), args=args)
+        if written:
+            self.stats.fills += 1
+        else:
+            self.stats.invalidations += 1
 
     async def invalidate(self, bot_id: str) -> None:
-        await self._write(bot_id, None)
+        """Delete the value and give the key a new version (in-flight fills and puts are refused)."""
+        async with map_redis_errors("RedisCache write"):
+            await self._invalidate_script(keys=self._write_keys(bot_id), args=[self._version_ttl_ms])
         self.stats.invalidations += 1
 
-    async def _write(self, bot_id: str, payload: bytes | None) -> None:
-        """Replace (or delete) the value and bump the version, atomically."""
-        value_key = self._value_prefix + bot_id
-        version_key = self._version_prefix + bot_id
-        async with map_redis_errors("RedisCache write"), self._client.pipeline(transaction=True) as pipe:
-            if payload is None:
-                pipe.unlink(value_key)
-            else:
-                pipe.set(value_key, payload, px=self._ttl_ms)
-            pipe.incr(version_key)
-            pipe.pexpire(version_key, self._version_ttl_ms)
-            await pipe.execute()
+    def _write_keys(self, bot_id: str) -> list[str]:
+        return [self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key, self._seq_key]
 
     async def clear(self) -> None:
         """Bump the epoch (refuses in-flight fills), then unlink this namespace's keys in batches."""
