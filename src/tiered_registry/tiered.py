@@ -26,12 +26,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
 from .circuit import TierGuard
-from .errors import ConfigurationError
+from .errors import ConfigurationError, WriteOutcomeUnknownError
 from .frozen import FrozenDict
 from .models import Registration
 from .owed import OwedInvalidations
@@ -39,6 +40,7 @@ from .query import Query
 from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
+from .writes import AfterCommit, PendingWrite, PendingWrites
 
 if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only when used
     from .coherence import InvalidationChannel
@@ -48,6 +50,7 @@ __all__ = ["TieredBackend"]
 logger = logging.getLogger(__name__)
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
+_FAILED: Final = object()  # the write token of a shared tier that failed just before the commit
 _T = TypeVar("_T")
 
 
@@ -133,9 +136,14 @@ class TieredBackend(BackendBase):
             for t in tiers
             if t is not self._local
         }
+        self._shared_guards = [self._guards[id(t)] for t in tiers if t is not self._local]  # nearest first
         self._closing = False
         self._coherence = _coherence_for(coherence, tiers, store)
         self._owed = OwedInvalidations(self._guards.values(), self._coherence, self._tier_failed)
+        self._writes = PendingWrites()
+        self._after_commit = AfterCommit()
+        # Nothing after a commit awaits anything (no shared tier, no channel): run it in line.
+        self._writes_inline = not self._shared_guards and self._coherence is None
 
     def __repr__(self) -> str:
         return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
@@ -188,6 +196,7 @@ class TieredBackend(BackendBase):
 
     async def _close(self) -> None:
         self._closing = True
+        await self._after_commit.wait()  # writes that committed finish updating the tiers
         await self._owed.close()  # last chance to pay what this process owes
         await self._release_parts()
 
@@ -321,84 +330,145 @@ class TieredBackend(BackendBase):
             guard.failed()
             self._tier_failed(tier, operation, exc)
             return _SKIPPED
+        except asyncio.CancelledError:
+            if not healthy:
+                guard.abandoned()  # it may have been the half-open probe
+            raise
         if not healthy:
             guard.succeeded()
         return result
 
-    async def _write_shared_tiers(
-        self, bot_id: str | None, operation: str, record: Registration | None
-    ) -> None:
-        """After a committed write: update (``record``) or forget ``bot_id`` (``None``: everything) in
-        every shared tier, farthest first, whenever its breaker lets a call through (whatever it
-        owes: a write that lands settles that key). A tier that cannot be reached is owed it."""
-        for tier in reversed(self._tiers):
-            if tier is self._local:
-                continue
-            guard = self._guards[id(tier)]
-            if guard.available():
+    # ---- writes ----------------------------------------------------------------------------
+    #
+    # A write takes each shared tier's write token, then goes to the store. After the commit —
+    # or after a failure that leaves the outcome unknown (WriteOutcomeUnknownError, or the
+    # caller cancelled while the store call was in flight): then it is treated as done, and the
+    # bot forgotten everywhere — the steps in _write_through update every tier and tell the other
+    # processes, in a task the caller's cancellation does not reach (see writes.py). A write the
+    # store refused (any other error) changes no tier.
+
+    async def _register(
+        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
+    ) -> Registration:
+        return await self._write(bot_id, partial(self._store._register, bot_id, config, status, metadata))
+
+    async def _deactivate(self, bot_id: str) -> bool:
+        return await self._write(bot_id, partial(self._store._deactivate, bot_id))
+
+    async def _unregister(self, bot_id: str) -> bool:
+        return await self._write(bot_id, partial(self._store._unregister, bot_id))
+
+    async def _clear(self) -> None:
+        await self._write(None, self._store._clear)
+
+    async def _write(self, bot_id: str | None, commit: Callable[[], Awaitable[_T]]) -> _T:
+        """``commit`` (the store's write of ``bot_id``; ``None``: a clear), then every tier."""
+        write = await self._begin_write(bot_id)
+        try:
+            result = await commit()
+        except asyncio.CancelledError:
+            # The statement may have been sent, and commit anyway: forget the bot everywhere. The
+            # caller is gone; it does not wait for that.
+            self._after_commit.start(self._write_through(write, None))
+            raise
+        except WriteOutcomeUnknownError:
+            await self._after_commit.run(self._write_through(write, None))
+            raise
+        except BaseException:
+            self._writes.end(write)  # refused, or known not to have happened: no tier changes
+            raise
+        record = result if isinstance(result, Registration) else None
+        if self._writes_inline:
+            await self._write_through(write, record)  # nothing to await in it: cannot be cut short
+        else:
+            await self._after_commit.run(self._write_through(write, record))
+        return result
+
+    async def _begin_write(self, bot_id: str | None) -> PendingWrite:
+        """Register the write (contention) and take each shared tier's write token, before the
+        store is called: a token taken after the commit could not tell which commit came last."""
+        write = self._writes.begin(bot_id)
+        try:
+            for guard in self._shared_guards:
+                write.since[id(guard)] = guard.generation
+                if bot_id is None or not guard.available():
+                    continue
                 try:
-                    if bot_id is None:
-                        await tier.clear()
-                    elif record is not None:
-                        await tier.put(bot_id, record)
-                    else:
-                        await tier.invalidate(bot_id)
+                    write.tokens[id(guard)] = await guard.tier.write_token(bot_id)
                 except TIER_FAILURES as exc:
                     guard.failed()
-                    self._tier_failed(tier, operation, exc)
+                    self._tier_failed(guard.tier, "write token", exc)
+                    write.tokens[id(guard)] = _FAILED  # owed at once, not tried again (one timeout)
+                except asyncio.CancelledError:
+                    guard.abandoned()
+                    raise
                 else:
                     if not guard.healthy:
-                        guard.written(bot_id)
                         guard.succeeded()
-                    continue
-            self._owed.owe(guard, bot_id)
+        except BaseException:
+            self._writes.end(write)
+            raise
+        return write
 
-    # ---- writes ----------------------------------------------------------------------------
+    async def _write_through(self, write: PendingWrite, record: Registration | None) -> None:
+        """After a commit: put ``record`` into (or, ``None``, forget the bot in) every tier,
+        farthest first, then announce it to the other processes. The local tier gets the
+        record only if no other write of the bot overlapped this one (else it forgets it too)."""
+        bot_id = write.bot_id
+        try:
+            for guard in reversed(self._shared_guards):
+                await self._write_shared(guard, write, record)
+            if bot_id is None:
+                self._forget_everything_local()
+            else:
+                self._mark_stale(bot_id)
+                if self._local is not None:
+                    if record is not None and not write.contended:
+                        self._local.set(bot_id, record)
+                    else:
+                        self._local.stats.invalidations += 1
+                        self._local.delete(bot_id)
+            await self._owed.announce((bot_id,))
+        finally:
+            self._writes.end(write)
+
+    async def _write_shared(self, guard: TierGuard, write: PendingWrite, record: Registration | None) -> None:
+        """One shared tier's part of :meth:`_write_through`, through its breaker (whatever it
+        owes: a write that lands settles what was owed before it began). A tier that cannot be
+        reached is owed it."""
+        tier, bot_id = guard.tier, write.bot_id
+        token = write.tokens.get(id(guard))
+        if token is not _FAILED and guard.available():
+            try:
+                if bot_id is None:
+                    await tier.clear()
+                elif record is not None:
+                    await tier.put(bot_id, record, token)
+                else:
+                    await tier.invalidate(bot_id)
+            except TIER_FAILURES as exc:
+                guard.failed()
+                self._tier_failed(tier, "write", exc)
+            except asyncio.CancelledError:  # the loop is shutting down under us
+                guard.abandoned()
+                self._owed.owe(guard, bot_id)
+                raise
+            else:
+                if not guard.healthy:
+                    guard.written(bot_id, write.since[id(guard)])
+                    guard.succeeded()
+                return
+        self._owed.owe(guard, bot_id)
 
     def _mark_stale(self, bot_id: str) -> None:
         flight = self._flights.pop(bot_id, None)
         if flight is not None:
             flight.stale = True
 
-    async def _register(
-        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
-    ) -> Registration:
-        record = await self._store._register(bot_id, config, status, metadata)
-        await self._write_shared_tiers(bot_id, "put", record)
-        self._mark_stale(bot_id)
-        if self._local is not None:
-            self._local.set(bot_id, record)
-        await self._owed.announce((bot_id,))
-        return record
-
-    async def _invalidate(self, bot_id: str) -> None:
-        """After a committed write: forget ``bot_id`` in every tier, farthest first."""
-        await self._write_shared_tiers(bot_id, "invalidate", None)
-        self._mark_stale(bot_id)
-        if self._local is not None:
-            self._local.stats.invalidations += 1
-            self._local.delete(bot_id)
-        await self._owed.announce((bot_id,))
-
-    async def _deactivate(self, bot_id: str) -> bool:
-        existed = await self._store._deactivate(bot_id)
-        await self._invalidate(bot_id)
-        return existed
-
-    async def _unregister(self, bot_id: str) -> bool:
-        existed = await self._store._unregister(bot_id)
-        await self._invalidate(bot_id)
-        return existed
-
-    async def _clear(self) -> None:
-        await self._store._clear()
-        await self._write_shared_tiers(None, "clear", None)
-        self._forget_everything_local()
-        await self._owed.announce((None,))
-
     # ---- cross-process coherence -----------------------------------------------------------------
 
     def _forget_everything_local(self) -> None:
+        self._writes.contend(None)
         for flight in self._flights.values():
             flight.stale = True
         self._flights.clear()
@@ -411,6 +481,7 @@ class TieredBackend(BackendBase):
         if bot_id is None:
             self._forget_everything_local()
             return
+        self._writes.contend(bot_id)  # a write of ours in flight may have committed first
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.stats.invalidations += 1
