@@ -33,7 +33,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from .errors import BackendUnavailableError, ConfigurationError
+from .errors import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
 from .redact import redact_url, scrub, url_secrets
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "describe_source",
     "make_client",
     "map_redis_errors",
+    "outcome_unknown",
     "redact_url",
     "unavailable_error",
     "validate_namespace",
@@ -179,7 +180,7 @@ class WaitingConnectionPool(aredis.ConnectionPool):
                     if self.can_get_connection():
                         return
         except TimeoutError:
-            raise rexc.ConnectionError(
+            raise rexc.MaxConnectionsError(
                 f"no free Redis connection within {self.wait_timeout}s ({self.max_connections} busy)"
             ) from None
 
@@ -253,20 +254,39 @@ def make_client(
     return aredis.Redis.from_pool(pool), True
 
 
-def unavailable_error(exc: BaseException, doing: str, target: str | None = None) -> BackendUnavailableError:
-    """The :class:`BackendUnavailableError` for a driver error (raise it ``from exc``)."""
+_REFUSED: Final = (rexc.ReadOnlyError, rexc.OutOfMemoryError, rexc.ClusterDownError, rexc.MaxConnectionsError)
+"""Failures that leave a write undone: the server answered with an error, or no connection
+was had. (A failure to connect says so in its message: redis-py raises the same classes.)"""
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Might a write that failed with driver error ``exc`` have been carried out all the same?
+    Yes unless the server refused it or it never left this process: a timeout or a connection
+    lost after the command was sent leaves it unknown."""
+    return not isinstance(exc, _REFUSED) and "connecting to" not in str(exc)
+
+
+def unavailable_error(
+    exc: BaseException, doing: str, target: str | None = None, *, write: bool = False
+) -> BackendUnavailableError:
+    """The :class:`BackendUnavailableError` for a driver error (raise it ``from exc``); for a
+    ``write`` whose outcome the error leaves unknown, a :class:`WriteOutcomeUnknownError`."""
     where = f" at {target}" if target else ""
-    return BackendUnavailableError(f"Redis unavailable{where} ({doing}): {type(exc).__name__}: {exc}")
+    message = f"Redis unavailable{where} ({doing}): {type(exc).__name__}: {exc}"
+    if write and outcome_unknown(exc):
+        return WriteOutcomeUnknownError(message + "; the write may or may not have been carried out")
+    return BackendUnavailableError(message)
 
 
 class RedisErrorMap:
     """Context manager (``with`` or ``async with``) that re-raises driver errors as ours."""
 
-    __slots__ = ("doing", "target")
+    __slots__ = ("doing", "target", "write")
 
-    def __init__(self, doing: str, target: str | None = None) -> None:
+    def __init__(self, doing: str, target: str | None = None, *, write: bool = False) -> None:
         self.doing = doing
         self.target = target
+        self.write = write
 
     def __enter__(self) -> RedisErrorMap:
         return self
@@ -275,7 +295,7 @@ class RedisErrorMap:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> Literal[False]:
         if exc is not None and isinstance(exc, UNAVAILABLE_ERRORS):
-            raise unavailable_error(exc, self.doing, self.target) from exc
+            raise unavailable_error(exc, self.doing, self.target, write=self.write) from exc
         return False
 
     async def __aenter__(self) -> RedisErrorMap:
@@ -287,10 +307,11 @@ class RedisErrorMap:
         return self.__exit__(exc_type, exc, tb)
 
 
-def map_redis_errors(doing: str, target: str | None = None) -> RedisErrorMap:
+def map_redis_errors(doing: str, target: str | None = None, *, write: bool = False) -> RedisErrorMap:
     """``async with map_redis_errors("get"):`` — connection failures become ``BackendUnavailableError``.
 
     ``target`` (a :func:`redact_url`-ed URL, say) is named in the message; the driver's error is
     the ``__cause__``. Other errors (a bug, a ``WRONGTYPE`` reply) pass through unchanged.
+    ``write``: a failure that leaves the outcome unknown raises :class:`WriteOutcomeUnknownError`.
     """
     return RedisErrorMap(doing, target)

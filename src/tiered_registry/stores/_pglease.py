@@ -126,6 +126,17 @@ class LeasedConnections:
                 conn.terminate()
         await self._return_to_pool(conn)
 
+    async def discard_cancelled(self, conn: Connection, wait: float) -> None:
+        """Hand back a connection whose statement was cancelled in flight (by its caller, or by
+        the statement deadline) once the server has ended that statement.
+
+        asyncpg sent the server a cancel request when the statement was cancelled; the pool
+        waits for the server to confirm it (at most ``wait`` seconds, else it terminates the
+        connection). Terminating at once would drop the cancel request too: a statement waiting
+        for a lock would then go on waiting on the server and commit when the lock is released.
+        """
+        await self._return_to_pool(conn, wait)
+
     async def close(self) -> None:
         """Stop leasing: idle connections go back to the pool now, busy ones when handed back."""
         self._open = False
@@ -141,10 +152,11 @@ class LeasedConnections:
                 return True
         return False
 
-    async def _return_to_pool(self, conn: Connection) -> None:
+    async def _return_to_pool(self, conn: Connection, wait: float | None = None) -> None:
+        """``wait``: at most that long for a cancelled statement to end (asyncpg's release timeout)."""
         self._leased -= 1
         try:
-            await self._pool.release(conn)
+            await self._pool.release(conn, timeout=wait)
         except Exception:  # the pool has terminated it already; nothing else to undo
             pass
         finally:

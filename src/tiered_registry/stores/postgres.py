@@ -38,7 +38,7 @@ import asyncpg
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
 from ..codec import DecodeCache, dumps, loads
-from ..errors import BackendUnavailableError, ConfigurationError
+from ..errors import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
 from ..frozen import FrozenDict, freeze
 from ..models import Registration, utcnow
 from ..query import Query
@@ -62,6 +62,28 @@ _UNAVAILABLE: Final = (
     # statement was failing on it (it is terminated; the statement did not happen).
     asyncpg.InternalClientError,
 )
+
+
+# Errors that mean the server answered our statement and did not run it: it failed, nothing
+# changed (its single-statement transaction was rolled back). Every other failure after the
+# statement was sent leaves the outcome unknown. The shutdown errors are not among them: the
+# server may end a connection right after a commit it has not confirmed yet.
+_SERVER_REFUSED: Final = asyncpg.PostgresError
+_CONNECTION_ENDED: Final = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+# How long a cancelled write waits for the server to confirm the cancellation (see
+# LeasedConnections.discard_cancelled), as a share of command_timeout, within these bounds.
+_CANCEL_WAIT_SHARE: Final = 0.1
+_CANCEL_WAIT_MIN: Final = 0.05
+_CANCEL_WAIT_MAX: Final = 1.0
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did the server answer the statement with an error (so it did not happen)?"""
+    return isinstance(exc, _SERVER_REFUSED) and not isinstance(exc, _CONNECTION_ENDED)
 
 
 async def _keep_session(connection: object) -> None:
@@ -140,6 +162,8 @@ class PostgresBackend(BackendBase):
         self._decode_config = DecodeCache(_decode_config)
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
         self._deadlines = StatementDeadlines(command_timeout)
+        share = _CANCEL_WAIT_SHARE * command_timeout if command_timeout is not None else _CANCEL_WAIT_MAX
+        self._cancel_wait = min(_CANCEL_WAIT_MAX, max(_CANCEL_WAIT_MIN, share))
         self._lease: LeasedConnections | None = None
 
     def __repr__(self) -> str:
@@ -191,6 +215,46 @@ class PostgresBackend(BackendBase):
         finally:
             deadlines.end(task)
 
+    async def _write(self, doing: str, method: str, *args: Any) -> Any:
+        """A write statement: :meth:`_call` with two differences, because a write that failed may
+        still have happened. A statement that ran out of time, or whose caller was cancelled,
+        is cancelled on the server (asyncpg sends the cancel request; we wait for it briefly),
+        not left running behind a terminated connection. And a failure after the statement was
+        sent, other than the server refusing it, raises :class:`WriteOutcomeUnknownError`."""
+        deadlines = self._deadlines
+        task = deadlines.begin()
+        sent = False
+        try:
+            lease = self._lease
+            if lease is None:
+                async with self._db.acquire() as pooled:  # its release waits for a cancellation
+                    sent = True
+                    return await getattr(pooled, method)(*args)
+            conn = lease.take_idle() or await lease.take()
+            sent = True
+            try:
+                result = await getattr(conn, method)(*args)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    await lease.discard_cancelled(conn, self._cancel_wait)
+                else:
+                    await lease.discard(conn, broken=isinstance(exc, _UNAVAILABLE))
+                raise
+            if not lease.give_nowait(conn):
+                await lease.discard(conn)
+            return result
+        except _UNAVAILABLE as exc:
+            if sent and not _refused(exc):
+                raise self._unavailable(exc, doing, unknown=True) from exc
+            raise self._unavailable(exc, doing) from exc
+        except asyncio.CancelledError:
+            if deadlines.overdue(task):
+                late = TimeoutError(f"statement not done within command_timeout={deadlines.timeout}s")
+                raise self._unavailable(late, doing, unknown=sent) from late
+            raise
+        finally:
+            deadlines.end(task)
+
     async def _fetchval(self, doing: str, sql: str, *args: Any) -> Any:
         return await self._call(doing, "fetchval", sql, *args)
 
@@ -204,8 +268,13 @@ class PostgresBackend(BackendBase):
     async def _execute(self, doing: str, sql: str, *args: Any) -> None:
         await self._call(doing, "execute", sql, *args)
 
-    def _unavailable(self, exc: BaseException, doing: str = "query") -> BackendUnavailableError:
+    def _unavailable(
+        self, exc: BaseException, doing: str = "query", *, unknown: bool = False
+    ) -> BackendUnavailableError:
         message = f"PostgreSQL unavailable for {self!r} ({doing}): {type(exc).__name__}: {exc}"
+        if unknown:
+            message += "; the write may or may not have been committed"
+            return WriteOutcomeUnknownError(scrub(message, self._secrets))
         return BackendUnavailableError(scrub(message, self._secrets))
 
     @staticmethod
@@ -305,8 +374,15 @@ class PostgresBackend(BackendBase):
     ) -> Registration:
         now = utcnow()
         metadata_json = None if metadata is None else dumps(metadata).decode()
-        row = await self._fetchrow(
-            "register", self._sql.register, bot_id, dumps(config).decode(), status, metadata_json, now
+        row = await self._write(
+            "register",
+            "fetchrow",
+            self._sql.register,
+            bot_id,
+            dumps(config).decode(),
+            status,
+            metadata_json,
+            now,
         )
         assert row is not None  # an upsert always returns its row
         created_at, last_accessed_at, stored_metadata = row
@@ -315,13 +391,13 @@ class PostgresBackend(BackendBase):
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        return await self._fetchval("deactivate", self._sql.deactivate, bot_id, utcnow()) is True
+        return await self._write("deactivate", "fetchval", self._sql.deactivate, bot_id, utcnow()) is True
 
     async def _unregister(self, bot_id: str) -> bool:
-        return await self._fetchval("unregister", self._sql.unregister, bot_id) is True
+        return await self._write("unregister", "fetchval", self._sql.unregister, bot_id) is True
 
     async def _clear(self) -> None:
-        await self._execute("clear", self._sql.clear)
+        await self._write("clear", "execute", self._sql.clear)
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         """One statement for the whole batch; touches only ``last_accessed_at``, never moves it back."""

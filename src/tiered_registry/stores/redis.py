@@ -132,8 +132,8 @@ class RedisBackend(BackendBase):
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    def _errors(self, doing: str) -> Any:
-        return map_redis_errors(doing, self._target)
+    def _errors(self, doing: str, *, write: bool = False) -> Any:
+        return map_redis_errors(doing, self._target, write=write)
 
     def _corrupt(self, bot_id: str, problem: BaseException) -> None:
         """A value under our key that we cannot read: a miss, logged loudly once, then quietly."""
@@ -229,7 +229,7 @@ class RedisBackend(BackendBase):
     ) -> Registration:
         now = utcnow()
         config_json, metadata_json = dumps(config), None if metadata is None else dumps(metadata)
-        with self._errors("register"):
+        with self._errors("register", write=True):
             row = await self._scripts.register(bot_id, config_json, status, now, metadata_json)
         created_at = datetime.fromisoformat(row[0].decode())
         last_accessed_at = datetime.fromisoformat(row[1].decode())
@@ -242,11 +242,11 @@ class RedisBackend(BackendBase):
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        with self._errors("deactivate"):
+        with self._errors("deactivate", write=True):
             return await self._scripts.deactivate(bot_id, utcnow())
 
     async def _unregister(self, bot_id: str) -> bool:
-        with self._errors("unregister"):
+        with self._errors("unregister", write=True):
             return await self._scripts.unregister(bot_id)
 
     async def _clear(self) -> None:
@@ -258,7 +258,7 @@ class RedisBackend(BackendBase):
         """
         for index in self._index_keys:  # the status sets are empty by now, unless out of sync
             while True:
-                with self._errors("clear"):
+                with self._errors("clear", write=True):
                     members = await self._client.zrange(index, 0, _BATCH - 1)
                     if not members:
                         break
