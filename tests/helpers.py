@@ -68,3 +68,68 @@ class CountingStore(BackendBase):
 
     async def flush_accesses(self) -> None:
         await self.inner.flush_accesses()
+
+
+class Hold:
+    """One armed pause of :class:`PausingStore`: ``reached`` is set once the write has committed
+    in the inner store; the write then waits until ``gate`` is set."""
+
+    def __init__(self, op: str | None) -> None:
+        self.op = op
+        self.reached = asyncio.Event()
+        self.gate = asyncio.Event()
+
+
+class PausingStore(CountingStore):
+    """A :class:`CountingStore` that also stages races after a write has committed.
+
+    After the inner store's write returns (committed), ``committed`` is set and ``commits`` counted;
+    if a :class:`Hold` is armed (``hold_next``; ``op`` one of ``register``/``unregister``/
+    ``deactivate``/``clear``, or None for any), the first write it matches sets ``hold.reached``
+    and waits at ``hold.gate`` before returning: the caller has committed but not yet touched a tier.
+    """
+
+    def __init__(self, inner: BackendBase) -> None:
+        super().__init__(inner)
+        self.committed = asyncio.Event()
+        self.commits = 0
+        self._holds: list[Hold] = []
+
+    def __repr__(self) -> str:
+        return f"PausingStore({self.inner!r})"
+
+    def hold_next(self, op: str | None = None) -> Hold:
+        hold = Hold(op)
+        self._holds.append(hold)
+        return hold
+
+    async def _after_commit(self, op: str) -> None:
+        self.commits += 1
+        self.committed.set()
+        for hold in self._holds:
+            if hold.op is None or hold.op == op:
+                self._holds.remove(hold)
+                hold.reached.set()
+                await hold.gate.wait()
+                return
+
+    async def _register(
+        self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
+    ) -> Registration:
+        record = await self.inner._register(bot_id, config, status, metadata)
+        await self._after_commit("register")
+        return record
+
+    async def _unregister(self, bot_id: str) -> bool:
+        existed = await self.inner._unregister(bot_id)
+        await self._after_commit("unregister")
+        return existed
+
+    async def _deactivate(self, bot_id: str) -> bool:
+        existed = await self.inner._deactivate(bot_id)
+        await self._after_commit("deactivate")
+        return existed
+
+    async def _clear(self) -> None:
+        await self.inner._clear()
+        await self._after_commit("clear")
