@@ -1,8 +1,8 @@
 """``TieredBackend``: the caching decorator — cache tiers in front of a store, itself a backend.
 
 Reads go down the tiers (nearest first) until one answers, then fill every tier above it. Writes go
-to the store first (if that fails, no tier changes), then through the tiers from the farthest to
-the nearest. Four things make this correct and fast:
+to the store first (if the store refuses, no tier changes), then through the tiers from the farthest
+to the nearest. Five things make this correct and fast:
 
 - **Hot path.** ``get_config`` on a local hit is one ``dict.get`` on the local tier's entries
   (which holds only live entries: the tier sweeps expired ones) and a dict store to note the
@@ -14,6 +14,11 @@ the nearest. Four things make this correct and fast:
 - **Single-flight.** Concurrent misses of one key share that flight: one read of the tier below.
 - **Negative caching.** A miss all the way down is remembered (``ABSENT``) for the tiers'
   ``negative_ttl``; ``register`` replaces it at once.
+- **Racing writes.** Write-through never lets an earlier commit overwrite a later one: shared tiers
+  refuse a put whose write token (taken before the commit) is outdated, the local tier takes no
+  put from a write that overlapped another change of the bot. The steps after a commit always run
+  to completion (a caller's cancellation does not cut them short), and a write whose outcome is
+  unknown is treated as done: the bot is forgotten everywhere. See :mod:`tiered_registry.writes`.
 
 ``last_accessed_at``: every read that answers with a bot counts as an access, recorded in memory
 and written to the store in batches (:mod:`tiered_registry.access`). A registration served from a
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
 from .circuit import TierGuard
-from .errors import ConfigurationError, WriteOutcomeUnknownError
+from .errors import ConfigurationError
 from .frozen import FrozenDict
 from .models import Registration
 from .owed import OwedInvalidations
@@ -40,7 +45,7 @@ from .query import Query
 from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
-from .writes import AfterCommit, PendingWrite, PendingWrites
+from .writes import WriteThrough
 
 if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only when used
     from .coherence import InvalidationChannel
@@ -50,7 +55,6 @@ __all__ = ["TieredBackend"]
 logger = logging.getLogger(__name__)
 _NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
-_FAILED: Final = object()  # the write token of a shared tier that failed just before the commit
 _T = TypeVar("_T")
 
 
@@ -140,10 +144,15 @@ class TieredBackend(BackendBase):
         self._closing = False
         self._coherence = _coherence_for(coherence, tiers, store)
         self._owed = OwedInvalidations(self._guards.values(), self._coherence, self._tier_failed)
-        self._writes = PendingWrites()
-        self._after_commit = AfterCommit()
-        # Nothing after a commit awaits anything (no shared tier, no channel): run it in line.
-        self._writes_inline = not self._shared_guards and self._coherence is None
+        self._writer = WriteThrough(
+            local=self._local,
+            shared=self._shared_guards,
+            owed=self._owed,
+            inline=not self._shared_guards and self._coherence is None,
+            mark_stale=self._mark_stale,
+            forget_everything_local=self._forget_everything_local,
+            tier_failed=self._tier_failed,
+        )
 
     def __repr__(self) -> str:
         return f"TieredBackend(tiers={self._tiers!r}, store={self._store!r})"
@@ -196,7 +205,7 @@ class TieredBackend(BackendBase):
 
     async def _close(self) -> None:
         self._closing = True
-        await self._after_commit.wait()  # writes that committed finish updating the tiers
+        await self._writer.wait()  # writes that committed finish updating the tiers
         await self._owed.close()  # last chance to pay what this process owes
         await self._release_parts()
 
@@ -338,129 +347,26 @@ class TieredBackend(BackendBase):
             guard.succeeded()
         return result
 
-    # ---- writes ----------------------------------------------------------------------------
-    #
-    # A write takes each shared tier's write token, then goes to the store. After the commit —
-    # or after a failure that leaves the outcome unknown (WriteOutcomeUnknownError, or the
-    # caller cancelled while the store call was in flight): then it is treated as done, and the
-    # bot forgotten everywhere — the steps in _write_through update every tier and tell the other
-    # processes, in a task the caller's cancellation does not reach (see writes.py). A write the
-    # store refused (any other error) changes no tier.
+    # ---- writes: the store, then every tier (see writes.py) -----------------------------------
 
     async def _register(
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
-        return await self._write(bot_id, partial(self._store._register, bot_id, config, status, metadata))
+        return await self._writer.write(
+            bot_id, partial(self._store._register, bot_id, config, status, metadata)
+        )
 
     async def _deactivate(self, bot_id: str) -> bool:
-        return await self._write(bot_id, partial(self._store._deactivate, bot_id))
+        return await self._writer.write(bot_id, partial(self._store._deactivate, bot_id))
 
     async def _unregister(self, bot_id: str) -> bool:
-        return await self._write(bot_id, partial(self._store._unregister, bot_id))
+        return await self._writer.write(bot_id, partial(self._store._unregister, bot_id))
 
     async def _clear(self) -> None:
-        await self._write(None, self._store._clear)
-
-    async def _write(self, bot_id: str | None, commit: Callable[[], Awaitable[_T]]) -> _T:
-        """``commit`` (the store's write of ``bot_id``; ``None``: a clear), then every tier."""
-        write = await self._begin_write(bot_id)
-        try:
-            result = await commit()
-        except asyncio.CancelledError:
-            # The statement may have been sent, and commit anyway: forget the bot everywhere. The
-            # caller is gone; it does not wait for that.
-            self._after_commit.start(self._write_through(write, None))
-            raise
-        except WriteOutcomeUnknownError:
-            await self._after_commit.run(self._write_through(write, None))
-            raise
-        except BaseException:
-            self._writes.end(write)  # refused, or known not to have happened: no tier changes
-            raise
-        record = result if isinstance(result, Registration) else None
-        if self._writes_inline:
-            await self._write_through(write, record)  # nothing to await in it: cannot be cut short
-        else:
-            await self._after_commit.run(self._write_through(write, record))
-        return result
-
-    async def _begin_write(self, bot_id: str | None) -> PendingWrite:
-        """Register the write (contention) and take each shared tier's write token, before the
-        store is called: a token taken after the commit could not tell which commit came last."""
-        write = self._writes.begin(bot_id)
-        try:
-            for guard in self._shared_guards:
-                write.since[id(guard)] = guard.generation
-                if bot_id is None or not guard.available():
-                    continue
-                try:
-                    write.tokens[id(guard)] = await guard.tier.write_token(bot_id)
-                except TIER_FAILURES as exc:
-                    guard.failed()
-                    self._tier_failed(guard.tier, "write token", exc)
-                    write.tokens[id(guard)] = _FAILED  # owed at once, not tried again (one timeout)
-                except asyncio.CancelledError:
-                    guard.abandoned()
-                    raise
-                else:
-                    if not guard.healthy:
-                        guard.succeeded()
-        except BaseException:
-            self._writes.end(write)
-            raise
-        return write
-
-    async def _write_through(self, write: PendingWrite, record: Registration | None) -> None:
-        """After a commit: put ``record`` into (or, ``None``, forget the bot in) every tier,
-        farthest first, then announce it to the other processes. The local tier gets the
-        record only if no other write of the bot overlapped this one (else it forgets it too)."""
-        bot_id = write.bot_id
-        try:
-            for guard in reversed(self._shared_guards):
-                await self._write_shared(guard, write, record)
-            if bot_id is None:
-                self._forget_everything_local()
-            else:
-                self._mark_stale(bot_id)
-                if self._local is not None:
-                    if record is not None and not write.contended:
-                        self._local.set(bot_id, record)
-                    else:
-                        self._local.stats.invalidations += 1
-                        self._local.delete(bot_id)
-            await self._owed.announce((bot_id,))
-        finally:
-            self._writes.end(write)
-
-    async def _write_shared(self, guard: TierGuard, write: PendingWrite, record: Registration | None) -> None:
-        """One shared tier's part of :meth:`_write_through`, through its breaker (whatever it
-        owes: a write that lands settles what was owed before it began). A tier that cannot be
-        reached is owed it."""
-        tier, bot_id = guard.tier, write.bot_id
-        token = write.tokens.get(id(guard))
-        if token is not _FAILED and guard.available():
-            try:
-                if bot_id is None:
-                    await tier.clear()
-                elif record is not None:
-                    await tier.put(bot_id, record, token)
-                else:
-                    await tier.invalidate(bot_id)
-            except TIER_FAILURES as exc:
-                guard.failed()
-                self._tier_failed(tier, "write", exc)
-            except asyncio.CancelledError:  # the loop is shutting down under us
-                guard.abandoned()
-                self._owed.owe(guard, bot_id)
-                raise
-            else:
-                if not guard.healthy:
-                    guard.written(bot_id, write.since[id(guard)])
-                    guard.succeeded()
-                return
-        self._owed.owe(guard, bot_id)
+        await self._writer.write(None, self._store._clear)
 
     def _mark_stale(self, bot_id: str) -> None:
+        """A write of ``bot_id`` committed: a read of it in flight must not fill what it read."""
         flight = self._flights.pop(bot_id, None)
         if flight is not None:
             flight.stale = True
@@ -468,7 +374,7 @@ class TieredBackend(BackendBase):
     # ---- cross-process coherence -----------------------------------------------------------------
 
     def _forget_everything_local(self) -> None:
-        self._writes.contend(None)
+        self._writer.contend(None)
         for flight in self._flights.values():
             flight.stale = True
         self._flights.clear()
@@ -481,7 +387,7 @@ class TieredBackend(BackendBase):
         if bot_id is None:
             self._forget_everything_local()
             return
-        self._writes.contend(bot_id)  # a write of ours in flight may have committed first
+        self._writer.contend(bot_id)  # a write of ours in flight may have committed first
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.stats.invalidations += 1

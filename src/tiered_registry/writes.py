@@ -1,14 +1,22 @@
-"""The writes a :class:`~tiered_registry.TieredBackend` has in flight, and the steps after a commit.
+"""``WriteThrough``: the write path of a :class:`~tiered_registry.TieredBackend`.
 
-Two things make write-through safe when writes race (two processes, or two tasks of one):
+A write takes each shared tier's write token, then goes to the store. After the commit — or after
+a failure that leaves the outcome unknown (:class:`~tiered_registry.WriteOutcomeUnknownError`, or
+the caller cancelled while the store call was in flight: then the write is treated as done and
+the bot forgotten everywhere) — it updates every tier, farthest first, and tells the other
+processes. A write the store refused (any other error) changes no tier.
+
+Three things make write-through safe when writes race (two processes, or two tasks of one):
+
+- **Order.** A shared tier refuses a put whose write token, taken before the commit, is outdated
+  (:meth:`~tiered_registry.tiers.base.CacheTier.write_token`): of two writers, the one that
+  committed first cannot overwrite the other's value, whatever order their replies come in.
 
 - **Contention.** Of two writes of one bot whose store calls overlap, nobody here knows which
   committed last, so neither may put its value into the local tier: each deletes instead (the
   next read takes the store's value). The same holds when another process's invalidation of the
   bot arrives while our write is in flight: its commit may be the later one. A
   :class:`PendingWrite` is *contended* once anything of that kind happened during it.
-  (The Redis tier settles the same question across processes with its write token, see
-  :meth:`~tiered_registry.tiers.base.CacheTier.write_token`.)
 - **Post-commit steps always finish.** Once the store has committed (or may have: a write
   whose outcome is unknown), the tiers and the other processes must hear of it, even if the
   caller is cancelled meanwhile (a request timeout, a client gone away). :class:`AfterCommit`
@@ -20,12 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Final, TypeVar
 
-__all__ = ["AfterCommit", "PendingWrite", "PendingWrites"]
+from .circuit import TierGuard
+from .errors import WriteOutcomeUnknownError
+from .models import Registration
+from .owed import OwedInvalidations, TierFailed
+from .tiers.base import TIER_FAILURES
+from .tiers.local import LocalCache
+
+__all__ = ["AfterCommit", "PendingWrite", "PendingWrites", "WriteThrough"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_FAILED: Final = object()  # the write token of a shared tier that failed just before the commit
 
 
 class PendingWrite:
@@ -112,3 +129,138 @@ class AfterCommit:
         """Wait for the steps still running (their failures were logged already)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+class WriteThrough:
+    """Writes of one backend: the store first, then every tier (see the module notes)."""
+
+    def __init__(
+        self,
+        *,
+        local: LocalCache | None,
+        shared: Sequence[TierGuard],
+        owed: OwedInvalidations,
+        inline: bool,
+        mark_stale: Callable[[str], None],
+        forget_everything_local: Callable[[], None],
+        tier_failed: TierFailed,
+    ) -> None:
+        """``shared``: the guards of the shared tiers, nearest first. ``inline``: nothing after a
+        commit awaits anything (no shared tier, no channel), so it runs in line, not in a task."""
+        self._local = local
+        self._shared = list(shared)
+        self._owed = owed
+        self._inline = inline
+        self._mark_stale = mark_stale
+        self._forget_everything_local = forget_everything_local
+        self._tier_failed = tier_failed
+        self._writes = PendingWrites()
+        self._after_commit = AfterCommit()
+
+    def contend(self, bot_id: str | None) -> None:
+        """Another process changed ``bot_id`` (``None``: maybe everything)."""
+        self._writes.contend(bot_id)
+
+    async def wait(self) -> None:
+        """Wait until every committed write has finished updating the tiers."""
+        await self._after_commit.wait()
+
+    async def write(self, bot_id: str | None, commit: Callable[[], Awaitable[_T]]) -> _T:
+        """``commit`` (the store's write of ``bot_id``; ``None``: a clear), then every tier; returns
+        what ``commit`` returned (a :class:`Registration` is put into the tiers)."""
+        write = await self._begin(bot_id)
+        try:
+            result = await commit()
+        except asyncio.CancelledError:
+            # The statement may have been sent, and commit anyway: forget the bot everywhere. The
+            # caller is gone; it does not wait for that.
+            self._after_commit.start(self._write_through(write, None))
+            raise
+        except WriteOutcomeUnknownError:
+            await self._after_commit.run(self._write_through(write, None))
+            raise
+        except BaseException:
+            self._writes.end(write)  # refused, or known not to have happened: no tier changes
+            raise
+        record = result if isinstance(result, Registration) else None
+        if self._inline:
+            await self._write_through(write, record)  # nothing to await in it: cannot be cut short
+        else:
+            await self._after_commit.run(self._write_through(write, record))
+        return result
+
+    async def _begin(self, bot_id: str | None) -> PendingWrite:
+        """Register the write (contention) and take each shared tier's write token, before the
+        store is called: a token taken after the commit could not tell which commit came last."""
+        write = self._writes.begin(bot_id)
+        try:
+            for guard in self._shared:
+                write.since[id(guard)] = guard.generation
+                if bot_id is None or not guard.available():
+                    continue
+                try:
+                    write.tokens[id(guard)] = await guard.tier.write_token(bot_id)
+                except TIER_FAILURES as exc:
+                    guard.failed()
+                    self._tier_failed(guard.tier, "write token", exc)
+                    write.tokens[id(guard)] = _FAILED  # owed at once, not tried again (one timeout)
+                except asyncio.CancelledError:
+                    guard.abandoned()
+                    raise
+                else:
+                    if not guard.healthy:
+                        guard.succeeded()
+        except BaseException:
+            self._writes.end(write)
+            raise
+        return write
+
+    async def _write_through(self, write: PendingWrite, record: Registration | None) -> None:
+        """After a commit: put ``record`` into (or, ``None``, forget the bot in) every tier,
+        farthest first, then announce it to the other processes. The local tier gets the
+        record only if no other write of the bot overlapped this one (else it forgets it too)."""
+        bot_id = write.bot_id
+        try:
+            for guard in reversed(self._shared):
+                await self._write_shared(guard, write, record)
+            if bot_id is None:
+                self._forget_everything_local()
+            else:
+                self._mark_stale(bot_id)
+                if self._local is not None:
+                    if record is not None and not write.contended:
+                        self._local.set(bot_id, record)
+                    else:
+                        self._local.stats.invalidations += 1
+                        self._local.delete(bot_id)
+            await self._owed.announce((bot_id,))
+        finally:
+            self._writes.end(write)
+
+    async def _write_shared(self, guard: TierGuard, write: PendingWrite, record: Registration | None) -> None:
+        """One shared tier's part of :meth:`_write_through`, through its breaker (whatever it
+        owes: a write that lands settles what was owed before it began). A tier that cannot be
+        reached is owed it."""
+        tier, bot_id = guard.tier, write.bot_id
+        token = write.tokens.get(id(guard))
+        if token is not _FAILED and guard.available():
+            try:
+                if bot_id is None:
+                    await tier.clear()
+                elif record is not None:
+                    await tier.put(bot_id, record, token)
+                else:
+                    await tier.invalidate(bot_id)
+            except TIER_FAILURES as exc:
+                guard.failed()
+                self._tier_failed(tier, "write", exc)
+            except asyncio.CancelledError:  # the loop is shutting down under us
+                guard.abandoned()
+                self._owed.owe(guard, bot_id)
+                raise
+            else:
+                if not guard.healthy:
+                    guard.written(bot_id, write.since[id(guard)])
+                    guard.succeeded()
+                return
+        self._owed.owe(guard, bot_id)
