@@ -352,9 +352,8 @@ class TieredBackend(BackendBase):
     async def _register(
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
-        return await self._writer.write(
-            bot_id, partial(self._store._register, bot_id, config, status, metadata)
-        )
+        commit = partial(self._store._register, bot_id, config, status, metadata)
+        return await self._writer.write(bot_id, commit, put=True)
 
     async def _deactivate(self, bot_id: str) -> bool:
         return await self._writer.write(bot_id, partial(self._store._deactivate, bot_id))

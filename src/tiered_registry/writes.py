@@ -165,10 +165,13 @@ class WriteThrough:
         """Wait until every committed write has finished updating the tiers."""
         await self._after_commit.wait()
 
-    async def write(self, bot_id: str | None, commit: Callable[[], Awaitable[_T]]) -> _T:
+    async def write(
+        self, bot_id: str | None, commit: Callable[[], Awaitable[_T]], *, put: bool = False
+    ) -> _T:
         """``commit`` (the store's write of ``bot_id``; ``None``: a clear), then every tier; returns
-        what ``commit`` returned (a :class:`Registration` is put into the tiers)."""
-        write = await self._begin(bot_id)
+        what ``commit`` returned. ``put``: it returns the :class:`Registration` to put into the
+        tiers (a register); otherwise the bot is forgotten in every tier."""
+        write = await self._begin(bot_id, put)
         try:
             result = await commit()
         except asyncio.CancelledError:
@@ -182,21 +185,22 @@ class WriteThrough:
         except BaseException:
             self._writes.end(write)  # refused, or known not to have happened: no tier changes
             raise
-        record = result if isinstance(result, Registration) else None
+        record = result if put and isinstance(result, Registration) else None
         if self._inline:
             await self._write_through(write, record)  # nothing to await in it: cannot be cut short
         else:
             await self._after_commit.run(self._write_through(write, record))
         return result
 
-    async def _begin(self, bot_id: str | None) -> PendingWrite:
-        """Register the write (contention) and take each shared tier's write token, before the
-        store is called: a token taken after the commit could not tell which commit came last."""
+    async def _begin(self, bot_id: str | None, put: bool) -> PendingWrite:
+        """Register the write (contention) and, for a ``put``, take each shared tier's write
+        token before the store is called: a token taken after the commit could not tell which
+        commit came last. (Forgetting needs no token: it is right whatever came last.)"""
         write = self._writes.begin(bot_id)
         try:
             for guard in self._shared:
                 write.since[id(guard)] = guard.generation
-                if bot_id is None or not guard.available():
+                if not put or bot_id is None or not guard.available():
                     continue
                 try:
                     write.tokens[id(guard)] = await guard.tier.write_token(bot_id)
