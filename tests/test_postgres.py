@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import time
 import uuid
@@ -537,3 +538,39 @@ async def test_close_waits_for_statements_in_flight(make: Make, locked) -> None:
     await locked.unlock()
     assert await asyncio.wait_for(in_flight, 5) == {"v": 1}
     await asyncio.wait_for(closing, 5)
+
+
+async def test_a_caller_cancelled_while_its_connection_is_made_leaves_no_error_behind(make) -> None:
+    """The connection being made for a cancelled caller is finished and kept for the next one.
+
+    asyncpg cancelled in the middle of a new connection's TLS negotiation (``sslmode=prefer``,
+    the default) leaves a future whose error nobody retrieves: asyncio logs "Future exception was
+    never retrieved" at ERROR for each. Request timeouts during a reconnect would flood the logs.
+    """
+    backend = await make(min_size=0, max_size=4)
+    await backend.register("bot", {"v": 1})
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    rng = random.Random(7)
+    try:
+        for _ in range(40):
+            lease = backend._lease
+            assert lease is not None
+            while lease._idle:  # force new connections in this round
+                conn = lease._idle.pop()
+                conn.terminate()
+                await lease._return_to_pool(conn)
+            calls = [asyncio.create_task(backend.get_config("bot")) for _ in range(4)]
+            await asyncio.sleep(rng.uniform(0, 0.003))
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        assert await backend.get_config("bot") == {"v": 1}
+        await backend.drop()
+        await backend.close()
+        gc.collect()
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert not unhandled, unhandled[0].get("message")

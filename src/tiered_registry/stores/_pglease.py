@@ -51,6 +51,7 @@ class LeasedConnections:
         self._idle: list[Connection] = []
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
         self._open = True
+        self._making: set[asyncio.Future[Connection]] = set()  # new connections nobody waits for
 
     @property
     def leased(self) -> int:
@@ -76,8 +77,17 @@ class LeasedConnections:
                 await self._return_to_pool(conn)  # the server closed it: the pool replaces it
             if self._leased < self._size:
                 self._leased += 1
+                # A new connection is being made: let it finish even if we are cancelled (it
+                # then serves the next caller). asyncpg cancelled in the middle of its TLS
+                # negotiation leaves a future whose error is never retrieved (logged as an
+                # ERROR each time), and the attempt would be wasted anyway.
+                acquiring = asyncio.ensure_future(self._pool.acquire())
                 try:
-                    return await self._pool.acquire()
+                    return await asyncio.shield(acquiring)
+                except asyncio.CancelledError:
+                    self._making.add(acquiring)
+                    acquiring.add_done_callback(self._adopt)
+                    raise
                 except BaseException:
                     self._leased -= 1
                     self._wake_one(None)
@@ -100,6 +110,15 @@ class LeasedConnections:
             if conn_or_slot is not None:
                 return conn_or_slot
             # a lease was given up (None): loop and take the free slot
+
+    def _adopt(self, acquiring: asyncio.Future[Connection]) -> None:
+        """A connection whose caller was cancelled while it was made: keep it for the next one."""
+        self._making.discard(acquiring)
+        if acquiring.cancelled() or acquiring.exception() is not None:
+            self._leased -= 1
+            self._wake_one(None)
+        elif not self._wake_one(acquiring.result()):
+            self._idle.append(acquiring.result())  # (closing: close() returns it to the pool)
 
     async def give(self, conn: Connection) -> None:
         """Hand back a connection whose statement succeeded: to the next waiter, else keep it idle."""
@@ -140,6 +159,8 @@ class LeasedConnections:
     async def close(self) -> None:
         """Stop leasing: idle connections go back to the pool now, busy ones when handed back."""
         self._open = False
+        if self._making:
+            await asyncio.gather(*self._making, return_exceptions=True)  # they join the idle ones
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._return_to_pool(conn)
