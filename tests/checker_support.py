@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sys
 import time
@@ -23,7 +22,6 @@ import traceback
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,11 +33,10 @@ from tiered_registry import (
     TieredBackend,
     WriteOutcomeUnknownError,
 )
-from tiered_registry.stores.postgres import PostgresBackend
-from tiered_registry.tiers.redis import RedisCache
 
-ROOT = Path(__file__).resolve().parent.parent
-TTL = 300.0  # local and Redis, positive and negative: expiry can never hide a stale entry
+from .faults_support import build_stack
+from .worker_process import WorkerProcess
+
 OP_BOUND = 10.0  # an op (plain mode) that takes longer is "hung": tallied, reported
 WRITES = ("register", "deactivate", "unregister", "clear")
 READS = ("get_config", "get")
@@ -54,29 +51,6 @@ BACKGROUND = frozenset(
 )
 
 View = list[Any] | None  # None: no such bot; else [status, seq]
-
-
-def build_stack(redis_url: str, database_url: str, namespace: str) -> TieredBackend:
-    """``local -> redis cache -> postgres``, every TTL 300 s, short explicit timeouts."""
-    return TieredBackend(
-        tiers=[
-            LocalCache(maxsize=10_000, ttl=TTL, negative_ttl=TTL),
-            RedisCache(
-                redis_url,
-                ttl=TTL,
-                negative_ttl=TTL,
-                namespace=namespace,
-                socket_timeout=0.5,
-                connect_timeout=0.5,
-            ),
-        ],
-        store=PostgresBackend(
-            database_url, table=namespace, command_timeout=2.0, connect_timeout=2.0, max_size=8
-        ),
-        failure_threshold=3,
-        reset_timeout=0.3,
-        access_flush_interval=0.5,
-    )
 
 
 def make_config(bot_id: str, seq: str) -> dict[str, Any]:
@@ -435,61 +409,13 @@ async def wait_channels_up(stacks: Sequence[TieredBackend], timeout: float = 10.
 # ---- the worker ---------------------------------------------------------------------------------------
 
 
-class Worker:
-    """The parent's handle on ``python -m tests.checker_support worker``: one line per command."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+class Worker(WorkerProcess):
+    """The parent's handle on ``python -m tests.checker_support worker``."""
 
     @classmethod
-    async def spawn(cls, redis_url: str, database_url: str, namespace: str, bots: Sequence[str]) -> Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.checker_support", "worker",
-            redis_url, database_url, namespace, orjson.dumps(list(bots)).decode(),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
-        )  # fmt: skip
-        worker = cls(process)
-        try:
-            assert await worker._line(60) == "ready"
-        except BaseException:
-            await worker.kill()
-            raise
-        return worker
-
-    async def _line(self, timeout: float) -> str:  # noqa: ASYNC109
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            raise AssertionError(f"checker worker exited (code {await self.process.wait()})")
-        return line.decode().strip()
-
-    async def ask(self, command: str, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
-        assert self.process.stdin is not None
-        self.process.stdin.write(command.encode() + b"\n")
-        await self.process.stdin.drain()
-        answer = await self._line(timeout)
-        status, _, payload = answer.partition(" ")
-        assert status == "ok", f"checker worker answered {answer!r} to {command!r}"
-        return orjson.loads(payload) if payload else None
-
-    async def quit(self) -> None:
-        """Ask the worker to stop its ops and close its stack; it must exit cleanly."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(b"quit\n")
-            await self.process.stdin.drain()
-            code = await asyncio.wait_for(self.process.wait(), 60)
-            assert code == 0, f"checker worker exited with code {code}"
-        finally:
-            await self.kill()
-
-    async def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+    async def start(cls, redis_url: str, database_url: str, namespace: str, bots: Sequence[str]) -> Worker:
+        bots_json = orjson.dumps(list(bots)).decode()
+        return await cls.spawn("tests.checker_support", redis_url, database_url, namespace, bots_json)
 
 
 async def _worker_main(redis_url: str, database_url: str, namespace: str, bots_json: str) -> None:

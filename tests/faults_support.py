@@ -30,13 +30,14 @@ from typing import Any
 
 import orjson
 
-from tiered_registry import BackendUnavailableError, LocalCache, Registration, TieredBackend
+from tiered_registry import BackendBase, BackendUnavailableError, LocalCache, Registration, TieredBackend
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
+from .worker_process import WorkerProcess
+
 State = tuple[str, str] | None  # None: no such bot; else (status, the seq tag of its config)
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository (``-m tests.faults_support`` runs from it)
 OP_TIMEOUT = 5.0  # the bound every single operation must meet, PostgreSQL or Redis down or not
 PG_COMMAND_TIMEOUT = 2.0
 PG_CONNECT_TIMEOUT = 2.0
@@ -54,31 +55,36 @@ def build_stack(
     reset_timeout: float = 0.3,
     command_timeout: float = PG_COMMAND_TIMEOUT,
     connect_timeout: float = PG_CONNECT_TIMEOUT,
+    socket_timeout: float = 0.5,
+    store: BackendBase | None = None,
 ) -> TieredBackend:
     """``local -> redis cache -> postgres`` with every timeout explicit and long cache TTLs.
 
     TTLs (positive and negative) are far longer than a test, so expiry can never hide a stale
-    entry: whatever is fresh after recovery is fresh because of invalidation.
+    entry: whatever is fresh after recovery is fresh because of invalidation. ``store``: another
+    store instead of the PostgreSQL table ``namespace`` (a wrapper that pauses, say).
     """
-    return TieredBackend(
-        tiers=[
-            LocalCache(maxsize=10_000, ttl=300, negative_ttl=120),
-            RedisCache(
-                redis_url,
-                ttl=300,
-                negative_ttl=120,
-                namespace=namespace,
-                socket_timeout=0.5,
-                connect_timeout=0.5,
-            ),
-        ],
-        store=PostgresBackend(
+    if store is None:
+        store = PostgresBackend(
             database_url,
             table=namespace,
             command_timeout=command_timeout,
             connect_timeout=connect_timeout,
             max_size=8,
-        ),
+        )
+    return TieredBackend(
+        tiers=[
+            LocalCache(maxsize=10_000, ttl=300, negative_ttl=300),
+            RedisCache(
+                redis_url,
+                ttl=300,
+                negative_ttl=300,
+                namespace=namespace,
+                socket_timeout=socket_timeout,
+                connect_timeout=0.5,
+            ),
+        ],
+        store=store,
         failure_threshold=failure_threshold,
         reset_timeout=reset_timeout,
         access_flush_interval=0.5,
@@ -451,69 +457,15 @@ async def wait_channel_up(stacks: Iterable[TieredBackend], timeout: float = 10.0
 # ---- the worker: the same workload in another OS process ------------------------------------------
 
 
-class Worker:
-    """The parent's handle on ``python -m tests.faults_support worker``: one line per command."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+class Worker(WorkerProcess):
+    """The parent's handle on ``python -m tests.faults_support worker``."""
 
     @classmethod
-    async def spawn(
+    async def start(
         cls, redis_url: str, database_url: str, namespace: str, bots: Sequence[str], owned: Sequence[str]
     ) -> Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
         spec = orjson.dumps({"bots": list(bots), "owned": list(owned)}).decode()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.faults_support",
-            "worker",
-            redis_url,
-            database_url,
-            namespace,
-            spec,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )
-        worker = cls(process)
-        try:
-            assert await worker._line(60) == "ready"
-        except BaseException:
-            await worker.kill()
-            raise
-        return worker
-
-    async def _line(self, timeout: float) -> str:  # noqa: ASYNC109
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            raise AssertionError(f"worker exited (code {await self.process.wait()})")
-        return line.decode().strip()
-
-    async def ask(self, command: str, timeout: float = 30.0) -> Any:  # noqa: ASYNC109
-        assert self.process.stdin is not None
-        self.process.stdin.write(command.encode() + b"\n")
-        await self.process.stdin.drain()
-        answer = await self._line(timeout)
-        status, _, payload = answer.partition(" ")
-        assert status == "ok", f"worker answered {answer!r} to {command!r}"
-        return orjson.loads(payload) if payload else None
-
-    async def quit(self) -> None:
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(b"quit\n")
-            await self.process.stdin.drain()
-            assert await asyncio.wait_for(self.process.wait(), 30) == 0
-        finally:
-            await self.kill()
-
-    async def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+        return await cls.spawn("tests.faults_support", redis_url, database_url, namespace, spec)
 
 
 async def _worker_main(redis_url: str, database_url: str, namespace: str, spec_json: str) -> None:

