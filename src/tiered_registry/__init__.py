@@ -7,6 +7,7 @@ Backends (all implement :class:`RegistryBackend`): :class:`InMemoryBackend`, ``R
 from typing import TYPE_CHECKING
 
 from .base import BackendBase
+from .changes import ChangeEvent
 from .errors import (
     BackendClosedError,
     BackendNotInitializedError,
@@ -40,6 +41,7 @@ __all__ = [
     "BackendNotInitializedError",
     "BackendUnavailableError",
     "CacheTier",
+    "ChangeEvent",
     "ConfigurationError",
     "FrozenDict",
     "FrozenList",

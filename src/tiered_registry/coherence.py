@@ -2,10 +2,18 @@
 
 Every process has its own :class:`~tiered_registry.LocalCache`; when one process writes a bot, the
 others must stop serving their copy. After a write has committed (store, then the shared tiers), the
-writer publishes ``{"s": sender, "n": seq, "k": bot_id}`` (``"k": null`` = everything, after
-``clear()``) on ``{namespace}:invalidations``. Every other process's listener drops that key from
-its local tier and marks the key's in-flight read stale, so a read that started before the message
-cannot put the old value back. A process ignores its own messages (it updated its tier itself).
+writer publishes ``{"v": 2, "s": sender, "n": seq, "k": bot_id, "e": kind, "t": sent_at}``
+(``"k": null`` = everything, after ``clear()``) on ``{namespace}:invalidations``. Every other
+process's listener drops that key from its local tier and marks the key's in-flight read stale, so
+a read that started before the message cannot put the old value back. A process ignores its own
+messages (it updated its tier itself).
+
+The message format is versioned for rolling deploys. Version 1 had only ``s``, ``n`` and ``k``;
+version 2 adds what changed (``e``: a :data:`~tiered_registry.changes.KINDS` value, for the change
+feed) and the sender's clock (``t``, Unix seconds: the propagation lag is observed as
+``received - t``). A version-1 reader ignores the new fields; a version-2 reader takes a message
+without ``e`` as ``"invalidated"`` (the bot may have changed). So old and new processes invalidate
+each other throughout a deploy.
 
 Why pub/sub and not Redis client-side caching (``CLIENT TRACKING ... BCAST``)? Tracking needs
 RESP3 push handling on the connection that reads, which redis-py's asyncio client does not expose
@@ -54,9 +62,43 @@ __all__ = ["InvalidationChannel"]
 
 logger = logging.getLogger(__name__)
 
-OnInvalidate = Callable[[str | None], None]
+OnInvalidate = Callable[[str | None, str], None]  # (bot id or None for everything, change kind)
 OnState = Callable[[bool], None]
 _MAX_BACKOFF: Final = 2.0
+MESSAGE_VERSION: Final = 2
+_LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LagHistogram:
+    """Propagation lag of received invalidations (receive time minus the sender's send time, so
+    it includes the clock difference of two hosts), counted in fixed buckets (seconds, upper
+    bounds, cumulative as Prometheus counts them when read through :meth:`cumulative`)."""
+
+    buckets: tuple[float, ...] = _LAG_BUCKETS
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LAG_BUCKETS) + 1)  # the last one: above every bucket
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.count += 1
+        self.sum += seconds
+        for index, bound in enumerate(_LAG_BUCKETS):
+            if seconds <= bound:
+                self.counts[index] += 1
+                return
+        self.counts[-1] += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``[(upper bound, observations <= it), ..., (inf, all)]``."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, count in zip((*_LAG_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class InvalidationChannel:
@@ -86,7 +128,7 @@ class InvalidationChannel:
         self._owned = False
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
-        self._on_invalidate: OnInvalidate = lambda key: None
+        self._on_invalidate: OnInvalidate = lambda key, kind: None
         self._on_state: OnState = lambda up: None
         self._up = False
         self._first_subscribe = asyncio.Event()
@@ -95,6 +137,7 @@ class InvalidationChannel:
         self.publish_errors = 0
         self._failing = 0  # publishes failed in a row
         self.drops = 0
+        self.lag = LagHistogram()
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -118,11 +161,22 @@ class InvalidationChannel:
         )
         if on_invalidate is None or on_state is None:
             return
+        self.listen(on_invalidate, on_state)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_subscribe.wait(), self.connect_timeout)
+
+    def listen(self, on_invalidate: OnInvalidate, on_state: OnState) -> None:
+        """Start the listener, if it is not running yet (without waiting for its subscription):
+        for a stack that only publishes until someone watches its changes."""
+        if self._task is not None or self._publisher is None:
+            return
         self._on_invalidate = on_invalidate
         self._on_state = on_state
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="tiered-registry-coherence")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_subscribe.wait(), self.connect_timeout)
+
+    @property
+    def listening(self) -> bool:
+        return self._task is not None
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -132,11 +186,20 @@ class InvalidationChannel:
         if publisher is not None and self._owned:
             await publisher.aclose()
 
-    async def publish(self, bot_id: str | None) -> bool:
-        """Tell the other processes that ``bot_id`` (``None``: everything) changed; False if Redis
-        could not be reached (logged, not raised: the write itself has succeeded; the caller
-        owes the message)."""
-        message = orjson.dumps({"s": self.sender, "n": next(self._seq), "k": bot_id})
+    async def publish(self, bot_id: str | None, kind: str = "invalidated") -> bool:
+        """Tell the other processes that ``bot_id`` (``None``: everything) changed, and how
+        (``kind``); False if Redis could not be reached (logged, not raised: the write itself has
+        succeeded; the caller owes the message)."""
+        message = orjson.dumps(
+            {
+                "v": MESSAGE_VERSION,
+                "s": self.sender,
+                "n": next(self._seq),
+                "k": bot_id,
+                "e": kind,
+                "t": time.time(),
+            }
+        )
         try:
             async with map_redis_errors("invalidation publish"):
                 await self._publisher.publish(self.channel, message)
@@ -235,4 +298,8 @@ class InvalidationChannel:
         if sender == self.sender:
             return
         self.received += 1
-        self._on_invalidate(key)
+        sent_at = message.get("t")
+        if isinstance(sent_at, int | float):
+            self.lag.observe(time.time() - sent_at)
+        kind = message.get("e")
+        self._on_invalidate(key, kind if isinstance(kind, str) else "invalidated")

@@ -54,7 +54,7 @@ class OwedInvalidations:
         self._guards = list(guards)
         self._channel = channel
         self._tier_failed = tier_failed  # counts and logs a tier failure (the backend's stats)
-        self._unannounced: set[str | None] = set()  # None: "everything"
+        self._unannounced: dict[str | None, str] = {}  # bot id (None: everything) -> change kind
         self._collector: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -63,19 +63,22 @@ class OwedInvalidations:
         guard.owe(bot_id)
         self._start_collector()
 
-    async def announce(self, keys: Iterable[str | None]) -> None:
-        """Publish the invalidation of ``keys`` (``None``: everything) to the other processes;
-        what cannot be published now is owed."""
+    async def announce(self, changes: Iterable[tuple[str | None, str]]) -> None:
+        """Publish ``(bot id, change kind)`` pairs (``None``: everything) to the other processes;
+        what cannot be published now is owed. Many keys at once are announced as one ``resync``."""
         if self._channel is None:
             return
-        keys = list(keys)
-        if None in keys or len(keys) > _MAX_ANNOUNCED_KEYS:
-            keys = [None]
-        for index, bot_id in enumerate(keys):
-            if not await self._channel.publish(bot_id):
-                self._unannounced.update(keys[index:])
-                if None in self._unannounced or len(self._unannounced) > _MAX_ANNOUNCED_KEYS:
-                    self._unannounced = {None}
+        pending = dict(changes)
+        if len(pending) > _MAX_ANNOUNCED_KEYS or (None in pending and len(pending) > 1):
+            pending = {None: "resync"}
+        items = list(pending.items())
+        for index, (bot_id, kind) in enumerate(items):
+            if not await self._channel.publish(bot_id, kind):
+                self._unannounced.update(items[index:])
+                if len(self._unannounced) > _MAX_ANNOUNCED_KEYS or (
+                    None in self._unannounced and len(self._unannounced) > 1
+                ):
+                    self._unannounced = {None: "resync"}
                 self._start_collector()
                 return
 
@@ -94,8 +97,10 @@ class OwedInvalidations:
         else:
             guard.succeeded()
         finally:
-            if paid:
-                await self.announce(paid)
+            if paid:  # other processes may have copied the old values from the tier meanwhile
+                await self.announce(
+                    (bot_id, "resync" if bot_id is None else "invalidated") for bot_id in paid
+                )
 
     async def stop(self) -> None:
         """Stop the collector (what is owed stays owed)."""
@@ -118,8 +123,8 @@ class OwedInvalidations:
                 logger.warning("closing with %d invalidations not published", len(self._unannounced))
 
     async def _announce_owed(self) -> None:
-        keys, self._unannounced = self._unannounced, set()
-        await self.announce(keys)
+        changes, self._unannounced = self._unannounced, {}
+        await self.announce(changes.items())
 
     def _start_collector(self) -> None:
         if self._collector is None and not self._closing:

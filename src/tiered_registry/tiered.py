@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
+from .changes import ChangeEvent, ChangeFeed, ChangeKind, Watch, normalize_kind
 from .circuit import TierGuard
 from .errors import ConfigurationError
 from .frozen import FrozenDict
@@ -144,6 +145,8 @@ class TieredBackend(BackendBase):
         self._closing = False
         self._coherence = _coherence_for(coherence, tiers, store)
         self._owed = OwedInvalidations(self._guards.values(), self._coherence, self._tier_failed)
+        self._changes = ChangeFeed()
+        self._channel_was_up = False  # a later "up" is a recovery: messages may have been lost
         self._writer = WriteThrough(
             local=self._local,
             shared=self._shared_guards,
@@ -152,6 +155,7 @@ class TieredBackend(BackendBase):
             mark_stale=self._mark_stale,
             forget_everything_local=self._forget_everything_local,
             tier_failed=self._tier_failed,
+            changed=self._changes.emit,
         )
 
     def __repr__(self) -> str:
@@ -208,6 +212,7 @@ class TieredBackend(BackendBase):
         await self._writer.wait()  # writes that committed finish updating the tiers
         await self._owed.close()  # last chance to pay what this process owes
         await self._release_parts()
+        self._changes.close()
 
     # ---- the hot path ----------------------------------------------------------------------
 
@@ -353,16 +358,16 @@ class TieredBackend(BackendBase):
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
         commit = partial(self._store._register, bot_id, config, status, metadata)
-        return await self._writer.write(bot_id, commit, put=True)
+        return await self._writer.write(bot_id, commit, _registered, put=True)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        return await self._writer.write(bot_id, partial(self._store._deactivate, bot_id))
+        return await self._writer.write(bot_id, partial(self._store._deactivate, bot_id), _deactivated)
 
     async def _unregister(self, bot_id: str) -> bool:
-        return await self._writer.write(bot_id, partial(self._store._unregister, bot_id))
+        return await self._writer.write(bot_id, partial(self._store._unregister, bot_id), _unregistered)
 
     async def _clear(self) -> None:
-        await self._writer.write(None, self._store._clear)
+        await self._writer.write(None, self._store._clear, _cleared)
 
     def _mark_stale(self, bot_id: str) -> None:
         """A write of ``bot_id`` committed: a read of it in flight must not fill what it read."""
@@ -381,22 +386,53 @@ class TieredBackend(BackendBase):
             self._local.stats.invalidations += 1
             self._local.delete_all()
 
-    def _remote_invalidation(self, bot_id: str | None) -> None:
-        """Another process wrote ``bot_id`` (``None``: cleared everything)."""
+    def _remote_invalidation(self, bot_id: str | None, kind: str) -> None:
+        """Another process wrote ``bot_id`` (``None``: cleared everything), as ``kind`` says."""
+        change = normalize_kind(kind)
         if bot_id is None:
             self._forget_everything_local()
+            self._changes.emit(None, change if change in ("cleared", "resync") else "resync", remote=True)
             return
         self._writer.contend(bot_id)  # a write of ours in flight may have committed first
         self._mark_stale(bot_id)
         if self._local is not None:
             self._local.stats.invalidations += 1
             self._local.delete(bot_id)
+        self._changes.emit(bot_id, change, remote=True)
 
     def _coherence_changed(self, up: bool) -> None:
-        """Channel down: flush and bypass the local tier. Up again: flush (messages may be lost), use it."""
+        """Channel down: flush and bypass the local tier. Up again: flush (messages may be lost), use it;
+        watchers are told to resync."""
         self._forget_everything_local()
+        if up:
+            if self._channel_was_up:
+                self._changes.emit(None, "resync", remote=True)
+            self._channel_was_up = True
         if self._local is not None and not self._closing:
             self._hot = self._local.entries if up else _NO_ENTRIES
+
+    # ---- the change feed (see changes.py) -----------------------------------------------------
+
+    def watch(self, maxsize: int = 1000) -> Watch:
+        """An async iterator of :class:`~tiered_registry.changes.ChangeEvent` for every write from
+        now on, in this process and (over the invalidation channel) in the others; it ends when
+        the backend closes. At most ``maxsize`` events wait; beyond that they become one
+        ``resync``. ``async with registry.watch() as changes: async for event in changes: ...``"""
+        self._check_open()
+        self._listen_for_changes()
+        return self._changes.watch(maxsize)
+
+    def on_change(self, callback: Callable[[ChangeEvent], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every write from now on (see :meth:`watch`), in the event
+        loop: keep it quick. Returns a function that removes the callback."""
+        self._check_open()
+        self._listen_for_changes()
+        return self._changes.on_change(callback)
+
+    def _listen_for_changes(self) -> None:
+        """A stack without a local tier only publishes; someone watching needs the others' news."""
+        if self._coherence is not None and not self._coherence.listening:
+            self._coherence.listen(self._remote_invalidation, self._coherence_changed)
 
     # ---- lists go to the store ---------------------------------------------------------------
 
@@ -450,6 +486,23 @@ class TieredBackend(BackendBase):
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
         tier.stats.errors += 1
         logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
+
+
+# What a write changed, from what the store answered (for the change feed and other processes).
+def _registered(record: Registration) -> ChangeKind:
+    return "registered" if record.created_at == record.updated_at else "updated"
+
+
+def _deactivated(existed: bool) -> ChangeKind:
+    return "deactivated" if existed else "invalidated"
+
+
+def _unregistered(existed: bool) -> ChangeKind:
+    return "unregistered" if existed else "invalidated"
+
+
+def _cleared(_: None) -> ChangeKind:
+    return "cleared"
 
 
 def _coherence_for(

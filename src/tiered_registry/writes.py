@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
+from .changes import ChangeKind
 from .circuit import TierGuard
 from .errors import WriteOutcomeUnknownError
 from .models import Registration
@@ -144,6 +145,7 @@ class WriteThrough:
         mark_stale: Callable[[str], None],
         forget_everything_local: Callable[[], None],
         tier_failed: TierFailed,
+        changed: Callable[[str | None, ChangeKind], None],
     ) -> None:
         """``shared``: the guards of the shared tiers, nearest first. ``inline``: nothing after a
         commit awaits anything (no shared tier, no channel), so it runs in line, not in a task."""
@@ -154,6 +156,7 @@ class WriteThrough:
         self._mark_stale = mark_stale
         self._forget_everything_local = forget_everything_local
         self._tier_failed = tier_failed
+        self._changed = changed  # the change feed of this process
         self._writes = PendingWrites()
         self._after_commit = AfterCommit()
 
@@ -166,30 +169,38 @@ class WriteThrough:
         await self._after_commit.wait()
 
     async def write(
-        self, bot_id: str | None, commit: Callable[[], Awaitable[_T]], *, put: bool = False
+        self,
+        bot_id: str | None,
+        commit: Callable[[], Awaitable[_T]],
+        kind: Callable[[_T], ChangeKind],
+        *,
+        put: bool = False,
     ) -> _T:
         """``commit`` (the store's write of ``bot_id``; ``None``: a clear), then every tier; returns
-        what ``commit`` returned. ``put``: it returns the :class:`Registration` to put into the
-        tiers (a register); otherwise the bot is forgotten in every tier."""
+        what ``commit`` returned. ``kind`` names the change from that (for the change feed and the
+        other processes). ``put``: it returns the :class:`Registration` to put into the tiers (a
+        register); otherwise the bot is forgotten in every tier."""
         write = await self._begin(bot_id, put)
+        unknown: ChangeKind = "invalidated" if bot_id is not None else "resync"
         try:
             result = await commit()
         except asyncio.CancelledError:
             # The statement may have been sent, and commit anyway: forget the bot everywhere. The
             # caller is gone; it does not wait for that.
-            self._after_commit.start(self._write_through(write, None))
+            self._after_commit.start(self._write_through(write, None, unknown))
             raise
         except WriteOutcomeUnknownError:
-            await self._after_commit.run(self._write_through(write, None))
+            await self._after_commit.run(self._write_through(write, None, unknown))
             raise
         except BaseException:
             self._writes.end(write)  # refused, or known not to have happened: no tier changes
             raise
         record = result if put and isinstance(result, Registration) else None
+        steps = self._write_through(write, record, kind(result))
         if self._inline:
-            await self._write_through(write, record)  # nothing to await in it: cannot be cut short
+            await steps  # nothing to await in it: cannot be cut short
         else:
-            await self._after_commit.run(self._write_through(write, record))
+            await self._after_commit.run(steps)
         return result
 
     async def _begin(self, bot_id: str | None, put: bool) -> PendingWrite:
@@ -219,7 +230,9 @@ class WriteThrough:
             raise
         return write
 
-    async def _write_through(self, write: PendingWrite, record: Registration | None) -> None:
+    async def _write_through(
+        self, write: PendingWrite, record: Registration | None, kind: ChangeKind
+    ) -> None:
         """After a commit: put ``record`` into (or, ``None``, forget the bot in) every tier,
         farthest first, then announce it to the other processes. The local tier gets the
         record only if no other write of the bot overlapped this one (else it forgets it too)."""
@@ -237,7 +250,8 @@ class WriteThrough:
                     else:
                         self._local.stats.invalidations += 1
                         self._local.delete(bot_id)
-            await self._owed.announce((bot_id,))
+            self._changed(bot_id, kind)
+            await self._owed.announce(((bot_id, kind),))
         finally:
             self._writes.end(write)
 
