@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
 from tiered_registry import BackendBase, Registration
@@ -65,6 +65,9 @@ class CountingStore(BackendBase):
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         await self.inner._record_accesses(bot_ids, at)
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
+        await self.inner._record_access_times(times)
 
     async def flush_accesses(self) -> None:
         await self.inner.flush_accesses()

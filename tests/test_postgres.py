@@ -8,7 +8,7 @@ import gc
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -142,9 +142,9 @@ class CountingBackend(PostgresBackend):
         super().__init__(*args, **kwargs)
         self.batches: list[list[str]] = []
 
-    async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
-        self.batches.append(list(bot_ids))
-        await super()._record_accesses(bot_ids, at)
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
+        self.batches.append(list(times))
+        await super()._record_access_times(times)
 
 
 async def test_reads_write_nothing_until_one_update_per_flush(database_url, namespace, pg) -> None:

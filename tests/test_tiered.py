@@ -20,6 +20,7 @@ from tiered_registry import (
     Registration,
     TieredBackend,
 )
+from tiered_registry.models import utcnow
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.base import Lookup
 from tiered_registry.tiers.redis import RedisCache
@@ -255,6 +256,33 @@ async def test_peek_config_is_not_an_access_even_from_the_cache(make_tiered) -> 
     await tiered.flush_accesses()
     (after,) = await tiered.list_all()
     assert after.last_accessed_at == before.last_accessed_at
+
+
+async def test_a_pending_hot_hit_is_shown_stamped_when_collected_and_written_so() -> None:
+    """The hot path reads no clock: a read that shows its hit (peek, a list) stamps it at that
+    moment, and that time is the one written. Once written, a peek served from the local tier
+    shows the time the entry was cached with (peek is not an access: nothing refreshes it)."""
+    store = InMemoryBackend()
+    async with TieredBackend(tiers=[LocalCache(ttl=30)], store=store, access_flush_interval=3600) as tiered:
+        registered = await tiered.register("bot", {})
+        await asyncio.sleep(0.005)
+        before = utcnow()
+        await tiered.get_config("bot")  # a local hit on the hot path
+        assert tiered._hot_accessed == {"bot": None}
+        peeked = await tiered.peek("bot")
+        assert peeked is not None
+        shown = peeked.last_accessed_at
+        assert shown >= before
+        assert shown > registered.last_accessed_at
+        assert [r.last_accessed_at for r in await tiered.list_all()] == [shown]
+        assert [r.last_accessed_at async for r in tiered.stream()] == [shown]
+        await tiered.flush_accesses()
+        stored = await store.peek("bot")
+        assert stored is not None
+        assert stored.last_accessed_at == shown
+        got = await tiered.get("bot")  # a local hit too: shows the time of this access
+        assert got is not None
+        assert got.last_accessed_at >= shown
 
 
 async def test_a_failed_store_write_leaves_every_tier_as_it_was(make_tiered) -> None:

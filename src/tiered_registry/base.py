@@ -16,10 +16,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .access import AccessRecorder
+from .access import AccessRecorder, AccessView
 from .errors import BackendClosedError, BackendNotInitializedError
 from .frozen import FrozenDict
-from .models import Registration
+from .models import Registration, utcnow
 from .query import Query
 from .validation import validate_bot_id, validate_config, validate_metadata, validate_status
 
@@ -134,15 +134,19 @@ class BackendBase(abc.ABC):
     # ---- point reads -----------------------------------------------------------------------
 
     async def get(self, bot_id: str) -> Registration | None:
+        """The registration, as of this access: its ``last_accessed_at`` is the time of this call."""
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._get(bot_id, touch=True)
 
     async def peek(self, bot_id: str) -> Registration | None:
-        """Like :meth:`get` but not an access (``last_accessed_at`` untouched)."""
+        """Like :meth:`get` but not an access: ``last_accessed_at`` is not advanced. It shows, like
+        the lists, this process's earlier accesses that are not written yet."""
         bot_id = validate_bot_id(bot_id)
         self._check_open()
-        return await self._get(bot_id, touch=False)
+        view = self._access_view()
+        record = await self._get(bot_id, touch=False)
+        return record if record is None or view is None else view.show(record)
 
     async def get_config(self, bot_id: str) -> dict[str, Any] | None:
         bot_id = validate_bot_id(bot_id)
@@ -174,7 +178,13 @@ class BackendBase(abc.ABC):
             status=status, filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset
         )
         self._check_open()
-        return await self._select(query)
+        if any(key.field == "last_accessed_at" for key in query.sort):
+            # Sorted (and paged) by access time: the store must order by the times shown, so
+            # this process's pending accesses are written first (one batch write, if any).
+            await self.flush_accesses()
+        view = self._access_view()
+        records = await self._select(query)
+        return records if view is None else view.show_all(records)
 
     async def list_active(
         self,
@@ -235,8 +245,9 @@ class BackendBase(abc.ABC):
 
     async def _checked_stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
         self._check_open()
+        view = self._access_view()
         async for record in self._stream(query, batch_size):
-            yield record
+            yield record if view is None else view.show(record)
 
     # ---- access tracking -------------------------------------------------------------------
 
@@ -249,11 +260,37 @@ class BackendBase(abc.ABC):
     async def record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         """Set ``last_accessed_at = at`` for the bots that exist (and were accessed earlier).
 
-        One batch write that touches only that field; used by write-behind access tracking.
+        One batch write that touches only that field.
         """
         self._check_open()
         if bot_ids:
             await self._record_accesses(bot_ids, at)
+
+    async def record_access_times(self, times: Mapping[str, datetime]) -> None:
+        """Set each bot's ``last_accessed_at`` to its time in ``times``, where that moves it forward.
+
+        One batch write that touches only that field; what write-behind access tracking calls.
+        """
+        self._check_open()
+        if times:
+            await self._record_access_times(times)
+
+    def _access(self, record: Registration) -> Registration:
+        """Note an access of ``record`` now (for a ``get``): returns what the caller is shown, the
+        record with ``last_accessed_at`` at that time (the time written later)."""
+        recorder = self._recorder
+        if recorder is None:
+            return record
+        now = utcnow()
+        recorder.record_at(record.bot_id, now)
+        if record.last_accessed_at >= now:  # another process wrote a later time (its clock is ahead)
+            return record
+        return record.accessed_at(now)
+
+    def _access_view(self) -> AccessView | None:
+        """The accesses not yet written that a read starting now must show (see ``access.py``)."""
+        recorder = self._recorder
+        return None if recorder is None else recorder.view()
 
     # ---- primitives ------------------------------------------------------------------------
 
@@ -304,3 +341,8 @@ class BackendBase(abc.ABC):
 
     @abc.abstractmethod
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None: ...
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
+        """Each bot its own time. This default makes one ``_record_accesses`` call with the latest
+        time of the batch (at least as late as every access in it); our stores write each time."""
+        await self._record_accesses(list(times), max(times.values()))

@@ -174,8 +174,11 @@ class Statements:
         )
         self.unregister = f"DELETE FROM {t} WHERE bot_id = $1 RETURNING true"
         self.clear = f"DELETE FROM {t}"
+        # $1 bot ids (sorted: rows are locked in one order by every process), $2 their access times.
         self.touch = (
-            f"UPDATE {t} SET last_accessed_at = $2 WHERE bot_id = ANY($1::text[]) AND last_accessed_at < $2"
+            f"UPDATE {t} AS r SET last_accessed_at = a.at"
+            " FROM unnest($1::text[], $2::timestamptz[]) AS a(bot_id, at)"
+            " WHERE r.bot_id = a.bot_id AND r.last_accessed_at < a.at"
         )
         self.list_ids = f"SELECT bot_id FROM {t} WHERE status = 'active' ORDER BY bot_id"
 

@@ -132,13 +132,14 @@ local existed = redis.call('UNLINK', KEYS[1])
 for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return existed
 """
-# KEYS: records; ARGV: the access time. HGET is false for a deleted record: never recreated.
+# KEYS: records; ARGV[i]: the access time of KEYS[i]. HGET is false for a deleted record: never
+# recreated.
 _TOUCH: Final = """
 local n = 0
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   local old = redis.call('HGET', key, 'last_accessed_at')
-  if old and old < ARGV[1] then
-    redis.call('HSET', key, 'last_accessed_at', ARGV[1])
+  if old and old < ARGV[i] then
+    redis.call('HSET', key, 'last_accessed_at', ARGV[i])
     n = n + 1
   end
 end
@@ -200,10 +201,12 @@ class Scripts:
         keys = [self._bot_prefix + bot_id, *self._index_keys]
         return bool(await self._unregister(keys=keys, args=[bot_id]))
 
-    async def touch(self, bot_ids: Sequence[str], at: datetime) -> None:
-        """Set ``last_accessed_at`` to ``at`` on the records that still exist and were accessed earlier."""
-        moment = stamp(at)
+    async def touch(self, times: Mapping[str, datetime]) -> None:
+        """Set each bot's ``last_accessed_at`` to its time in ``times`` on the records that still
+        exist and were accessed earlier."""
         prefix = self._bot_prefix
-        for start in range(0, len(bot_ids), _TOUCH_BATCH):
-            keys = [prefix + bot_id for bot_id in bot_ids[start : start + _TOUCH_BATCH]]
-            await self._touch(keys=keys, args=[moment])
+        items = list(times.items())
+        for start in range(0, len(items), _TOUCH_BATCH):
+            chunk = items[start : start + _TOUCH_BATCH]
+            keys = [prefix + bot_id for bot_id, _ in chunk]
+            await self._touch(keys=keys, args=[stamp(at) for _, at in chunk])

@@ -8,7 +8,7 @@ without a copy and no caller can change what the next one gets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
@@ -23,16 +23,16 @@ __all__ = ["InMemoryBackend"]
 class InMemoryBackend(BackendBase):
     """A registry in this process's memory (lost when the process ends).
 
-    Accesses are written behind in batches like every store's (a read notes the bot id; no clock,
-    no copy of the record per read), so ``last_accessed_at`` lags by at most
-    ``access_flush_interval`` seconds.
+    Accesses are written behind in batches like every store's (``get_config`` notes the bot id: no
+    clock, no copy of the record), every ``access_flush_interval`` seconds; what a read returns does
+    not lag (``get`` shows the time of that access, later reads overlay the accesses not yet written).
     """
 
     _recorder: AccessRecorder  # always set: accesses are written behind
 
     def __init__(self, *, access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL) -> None:
         self._records: dict[str, Registration] = {}
-        self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
+        self._recorder = AccessRecorder(self._record_access_times, interval=access_flush_interval)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(bots={len(self._records)})"
@@ -64,12 +64,16 @@ class InMemoryBackend(BackendBase):
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
         record = self._records.get(bot_id)
         if record is not None and touch:
-            self._recorder.record(bot_id)
+            return self._access(record)
         return record
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
-        record = await self._get(bot_id, touch=touch)
-        return None if record is None else record.config
+        record = self._records.get(bot_id)
+        if record is None:
+            return None
+        if touch:
+            self._recorder.record(bot_id)
+        return record.config
 
     async def _unregister(self, bot_id: str) -> bool:
         return self._records.pop(bot_id, None) is not None
@@ -102,7 +106,11 @@ class InMemoryBackend(BackendBase):
                     yield record
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
-        for bot_id in bot_ids:
-            record = self._records.get(bot_id)
+        await self._record_access_times(dict.fromkeys(bot_ids, at))
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
+        records = self._records
+        for bot_id, at in times.items():
+            record = records.get(bot_id)
             if record is not None and record.last_accessed_at < at:
-                self._records[bot_id] = record.with_changes(last_accessed_at=at)
+                records[bot_id] = record.accessed_at(at)

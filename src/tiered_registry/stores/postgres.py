@@ -13,7 +13,8 @@ Design notes (the why):
   either way (``jsonb_out``/``jsonb_in``), and a pool passed in by the caller then works whatever
   codecs it has (or has not) registered.
 - ``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
-  costs no write; one ``UPDATE`` per flush touches only that column.
+  costs no write; one ``UPDATE`` per flush touches only that column, each bot to its own access
+  time, only forward.
 - No statement of this backend changes session state (no ``SET``, ``LISTEN``, session advisory
   lock, or cursor outside a transaction), so a connection needs no cleaning between two
   statements. The pool we create therefore skips asyncpg's per-release reset (``RESET ALL``,
@@ -28,7 +29,7 @@ Design notes (the why):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -103,8 +104,9 @@ class PostgresBackend(BackendBase):
     statement, the wait for a free connection included, to about ``1.1 * command_timeout``
     seconds (see :mod:`~tiered_registry.stores._pgdeadline`; ``None``: unbounded), and
     ``connect_timeout`` each connection attempt (an own pool only).
-    ``access_flush_interval`` is the staleness bound of ``last_accessed_at``: ``get`` returns the
-    stored value, which may lag the reads not yet flushed by up to that many seconds.
+    ``access_flush_interval`` is how long other processes may see an older ``last_accessed_at``
+    (accesses are written in batches); in this process ``get`` returns the time of that access and
+    later reads show it too.
 
     Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
     error as ``__cause__``.
@@ -157,7 +159,7 @@ class PostgresBackend(BackendBase):
         self._min_size = min_size
         self._max_size = max_size
         self._secrets = url_secrets(self._dsn) if self._dsn else []
-        self._recorder = AccessRecorder(self._record_accesses, interval=access_flush_interval)
+        self._recorder = AccessRecorder(self._record_access_times, interval=access_flush_interval)
         # Repeated reads of one config skip parsing and freezing (keyed by the stored text).
         self._decode_config = DecodeCache(_decode_config)
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools
@@ -364,7 +366,7 @@ class PostgresBackend(BackendBase):
         close it (a new backend's ``initialize`` would create the table again).
         """
         self._check_open()
-        self._recorder.pending.clear()
+        self._recorder.discard()
         await self._execute("drop table", self._sql.drop)
 
     # ---- writes ----------------------------------------------------------------------------
@@ -400,8 +402,12 @@ class PostgresBackend(BackendBase):
         await self._write("clear", "execute", self._sql.clear)
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        await self._record_access_times(dict.fromkeys(bot_ids, at))
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
         """One statement for the whole batch; touches only ``last_accessed_at``, never moves it back."""
-        await self._execute("record accesses", self._sql.touch, list(bot_ids), at)
+        bot_ids = sorted(times)
+        await self._execute("record accesses", self._sql.touch, bot_ids, [times[b] for b in bot_ids])
 
     # ---- point reads -----------------------------------------------------------------------
 
@@ -410,7 +416,7 @@ class PostgresBackend(BackendBase):
         if row is None:
             return None
         if touch:
-            self._recorder.record(bot_id)
+            return self._access(self._decode(row))
         return self._decode(row)
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:

@@ -17,15 +17,16 @@ half-written when a foreign value sits under our key) and the decoding of what i
 is in :mod:`~tiered_registry.stores._redis_records`, which says why.
 
 ``last_accessed_at`` is written behind (:class:`~tiered_registry.access.AccessRecorder`): a read
-costs no write, and one script call per flush sets only that field, only on records that still
-exist and only forward in time. ``get`` returns the stored value, which lags unflushed reads by
-at most ``access_flush_interval`` seconds.
+costs no write, and one script call per flush sets only that field, each bot to its own access
+time, only on records that still exist and only forward in time. Other processes see it within
+``access_flush_interval`` seconds; in this process ``get`` returns the time of that access and
+later reads show it too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -76,7 +77,7 @@ class RedisBackend(BackendBase):
     extra attempts on connection errors) or a ``redis.asyncio.Redis`` created with
     ``decode_responses=False`` (used as is, never closed here). ``namespace`` prefixes every key;
     two backends on one namespace share the registry. ``access_flush_interval`` is the staleness
-    bound of ``last_accessed_at``.
+    bound of ``last_accessed_at`` for other processes.
 
     Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
     error as ``__cause__``. A stored value that does not decode reads as missing (logged once).
@@ -119,7 +120,7 @@ class RedisBackend(BackendBase):
         self._status_keys = {s: f"{tag}:status:{s}" for s in STATUS_ORDER}
         self._index_keys = [self._all_key, *self._status_keys.values()]
         self._scripts = Scripts(self._client, self._bot_prefix, self._all_key, self._status_keys)
-        self._recorder = AccessRecorder(self._record_accesses, interval=float(access_flush_interval))
+        self._recorder = AccessRecorder(self._record_access_times, interval=float(access_flush_interval))
         self._warned_corrupt = False
         self._decode_config = DecodeCache(json_object)  # repeated reads skip parsing and freezing
 
@@ -269,9 +270,12 @@ class RedisBackend(BackendBase):
                         await pipe.execute()
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
+        await self._record_access_times(dict.fromkeys(bot_ids, at))
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
         """Set ``last_accessed_at`` on the records that still exist and were accessed earlier."""
         with self._errors("record accesses"):
-            await self._scripts.touch(bot_ids, at)
+            await self._scripts.touch(times)
 
     # ---- point reads -----------------------------------------------------------------------
 
@@ -287,7 +291,7 @@ class RedisBackend(BackendBase):
             return None
         record = self._decode(bot_id, row)
         if record is not None and touch:
-            self._recorder.record(bot_id)
+            return self._access(record)
         return record
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
