@@ -2,18 +2,57 @@
 
 The full contract is in the project's design notes (``protocol.md``) and, executable, in
 ``tests/contract/``. Summary: reads (``get``, ``get_config``) count as accesses and ``peek_config``
-does not; ``exists``/``list_active``/``list_ids``/``count`` see only active bots; lists are
-ordered by ``bot_id`` unless a sort is given; ``clear`` empties only this registry's namespace.
+does not; ``get`` shows the time of that access and every later read in the same process a
+``last_accessed_at`` at least that late; ``exists``/``list_active``/``list_ids``/``count`` see
+only active bots; lists are ordered by ``bot_id`` unless a sort is given; ``clear`` empties only
+this registry's namespace.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .models import Registration
 
-__all__ = ["RegistryBackend"]
+__all__ = ["CoreRegistryBackend", "RegistryBackend"]
+
+
+@runtime_checkable
+class CoreRegistryBackend(Protocol):
+    """The original protocol's 13 methods, without the extended surface (no ``metadata=``,
+    ``peek_config``, keyword filters, ``count_all``/``count_inactive``/``list_inactive``,
+    ``stream``). What :class:`~tiered_registry.TieredBackend` needs of a store that is not one of
+    ours: it is wrapped in :class:`~tiered_registry.stores.foreign.ForeignStore`. Records may be
+    returned as :class:`Registration`, as dicts (``Registration.to_dict`` layout) or as objects
+    with the ``Registration`` fields.
+    """
+
+    async def initialize(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def register(self, bot_id: str, config: Mapping[str, Any], status: str = "active") -> Any: ...
+
+    async def get(self, bot_id: str) -> Any: ...
+
+    async def get_config(self, bot_id: str) -> Mapping[str, Any] | None: ...
+
+    async def exists(self, bot_id: str) -> bool: ...
+
+    async def unregister(self, bot_id: str) -> bool: ...
+
+    async def deactivate(self, bot_id: str) -> bool: ...
+
+    async def list_active(self) -> Sequence[Any]: ...
+
+    async def list_all(self) -> Sequence[Any]: ...
+
+    async def list_ids(self) -> Sequence[str]: ...
+
+    async def count(self) -> int: ...
+
+    async def clear(self) -> None: ...
 
 
 @runtime_checkable
@@ -37,7 +76,7 @@ class RegistryBackend(Protocol):
         """Create or replace; ``created_at`` is kept, ``metadata=None`` keeps the existing metadata."""
 
     async def get(self, bot_id: str) -> Registration | None:
-        """The registration whatever its status; counts as an access."""
+        """The registration whatever its status; counts as an access (``last_accessed_at`` is its time)."""
 
     async def get_config(self, bot_id: str) -> dict[str, Any] | None:
         """The (read-only) config whatever the status; counts as an access."""

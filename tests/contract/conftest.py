@@ -14,9 +14,12 @@ import pytest
 
 from tiered_registry import InMemoryBackend, LocalCache, RegistryBackend, TieredBackend
 from tiered_registry.base import BackendBase
+from tiered_registry.stores.foreign import ForeignStore
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.stores.redis import RedisBackend
 from tiered_registry.tiers.redis import RedisCache
+
+from ..foreign_backends import FullForeignBackend, MinimalForeignBackend
 
 
 class Services:
@@ -56,6 +59,9 @@ class StackSpec:
     shared: bool = True
     # Removes what the test left on the servers (default: clear()); runs before close().
     teardown: Callable[[BackendBase], Awaitable[None]] = _clear
+    # False when the store cannot keep metadata (a foreign backend whose register() takes none):
+    # the tests that need metadata skip on that stack (see the ``needs_metadata`` fixture).
+    metadata: bool = True
 
 
 async def _teardown_stack(backend: BackendBase) -> None:
@@ -105,6 +111,31 @@ STACKS: dict[str, StackSpec] = {
         shared=False,  # other processes see writes after a pub/sub round trip: see test_coherence.py
         teardown=_teardown_stack,
     ),
+    # Someone else's RegistryBackend behind the tiers (tests/foreign_backends.py), used through its
+    # public methods only (stores/foreign.py): a minimal one (the 13 core methods) and a full one.
+    "foreign-full": StackSpec(lambda services, ns: ForeignStore(FullForeignBackend()), shared=False),
+    "local+foreign-minimal": StackSpec(
+        lambda services, ns: TieredBackend(tiers=[LocalCache(ttl=30)], store=MinimalForeignBackend()),
+        shared=False,
+        metadata=False,
+    ),
+    "local+foreign-full": StackSpec(
+        lambda services, ns: TieredBackend(tiers=[LocalCache(ttl=30)], store=FullForeignBackend()),
+        shared=False,
+    ),
+    "local+redis-cache+foreign-minimal": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30), _redis_cache(services, ns)], store=MinimalForeignBackend()
+        ),
+        shared=False,  # the foreign store keeps its records inside one instance
+        metadata=False,
+    ),
+    "local+redis-cache+foreign-full": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30), _redis_cache(services, ns)], store=FullForeignBackend()
+        ),
+        shared=False,
+    ),
 }
 
 BuildBackend = Callable[[str], Awaitable[BackendBase]]
@@ -113,6 +144,13 @@ BuildBackend = Callable[[str], Awaitable[BackendBase]]
 @pytest.fixture(params=sorted(STACKS))
 def stack(request: pytest.FixtureRequest) -> StackSpec:
     return STACKS[request.param]
+
+
+@pytest.fixture
+def needs_metadata(stack: StackSpec) -> None:
+    """Skip the test on a stack whose store cannot keep metadata."""
+    if not stack.metadata:
+        pytest.skip("this stack's store keeps no metadata (its register() takes no metadata=)")
 
 
 @pytest.fixture
