@@ -108,6 +108,22 @@ class TierGuard:
     def owes(self) -> bool:
         return self._everything is not None or bool(self._owed)
 
+    @property
+    def is_open(self) -> bool:
+        """Open or half-open (for stats: the tier is being skipped, or probed)."""
+        return self.state != _CLOSED
+
+    @property
+    def owed_keys(self) -> int:
+        """How many bots the tier is owed an invalidation of (for stats; 0 while it is owed a
+        clear, which covers them: :attr:`owes_everything`)."""
+        return len(self._owed)
+
+    @property
+    def owes_everything(self) -> bool:
+        """Is the tier owed a clear (after a ``clear()``, or more than ``max_owed`` keys)?"""
+        return self._everything is not None
+
     def owes_for(self, bot_id: str) -> bool:
         """May the tier hold an old value of ``bot_id``? (Then a read must not trust it.)"""
         return self._everything is not None or bot_id in self._owed

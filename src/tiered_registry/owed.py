@@ -58,6 +58,12 @@ class OwedInvalidations:
         self._collector: asyncio.Task[None] | None = None
         self._closing = False
 
+    @property
+    def unannounced(self) -> int:
+        """Invalidations whose PUBLISH failed and that are still owed to the other processes (for
+        stats; "everything" counts as one)."""
+        return len(self._unannounced)
+
     def owe(self, guard: TierGuard, bot_id: str | None) -> None:
         """The write of ``bot_id`` (``None``: a clear) did not reach ``guard``'s tier."""
         guard.owe(bot_id)

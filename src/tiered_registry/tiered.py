@@ -20,16 +20,19 @@ to the nearest. Five things make this correct and fast:
   to completion (a caller's cancellation does not cut them short), and a write whose outcome is
   unknown is treated as done: the bot is forgotten everywhere. See :mod:`tiered_registry.writes`.
 
-``last_accessed_at``: every read that answers with a bot counts as an access, recorded in memory
-and written to the store in batches (:mod:`tiered_registry.access`). A registration served from a
-cache carries the ``last_accessed_at`` it had when it was cached.
+``last_accessed_at``: every ``get``/``get_config`` that answers with a bot counts as an access,
+recorded in memory and written to the store in batches (:mod:`tiered_registry.access`). ``get``
+returns the record with the time of that access; lists and ``peek`` overlay this process's
+accesses not yet written (a hot-path hit is stamped when it is collected: at the next flush, or at
+the next such read). A record ``peek`` serves from a cache tier otherwise carries the
+``last_accessed_at`` it had when it was cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -42,7 +45,9 @@ from .errors import ConfigurationError
 from .frozen import FrozenDict
 from .models import Registration
 from .owed import OwedInvalidations
+from .protocol import CoreRegistryBackend
 from .query import Query
+from .stores.foreign import as_store
 from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
 from .tiers.local import Entry, LocalCache
 from .validation import validate_bot_id
@@ -101,13 +106,15 @@ class TieredBackend(BackendBase):
         self,
         *,
         tiers: Sequence[CacheTier],
-        store: BackendBase,
+        store: BackendBase | CoreRegistryBackend,
         access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
         coherence: InvalidationChannel | bool | None = None,
         failure_threshold: int = 3,
         reset_timeout: float = 1.0,
     ) -> None:
-        """``coherence``: ``None`` (default) invalidates other processes' local tiers over Redis
+        """``store``: one of our stores, or any other :class:`RegistryBackend` (it is then used through
+        its public methods: :class:`~tiered_registry.stores.foreign.ForeignStore`).
+        ``coherence``: ``None`` (default) invalidates other processes' local tiers over Redis
         pub/sub whenever the stack has a Redis tier or store (and, with a local tier of its own,
         listens for theirs); ``False`` turns that off; or pass a configured
         :class:`~tiered_registry.coherence.InvalidationChannel`.
@@ -115,8 +122,7 @@ class TieredBackend(BackendBase):
         a row is skipped for that many seconds (circuit breaker, see :mod:`tiered_registry.circuit`).
         """
         tiers = list(tiers)
-        if not isinstance(store, BackendBase):
-            raise ConfigurationError(f"store must be a tiered_registry backend, got {type(store).__name__}")
+        store = as_store(store)  # ours as is; any other RegistryBackend wrapped (stores/foreign.py)
         for tier in tiers:
             if not isinstance(tier, CacheTier):
                 raise ConfigurationError(f"tiers must be cache tiers, got {type(tier).__name__}")
@@ -128,9 +134,10 @@ class TieredBackend(BackendBase):
         self._hot: dict[str, Entry] = _NO_ENTRIES  # the local tier's entries while open and trusted
         self._flights: dict[str, _Flight] = {}
         self._recorder = AccessRecorder(
-            self._store.record_accesses, interval=access_flush_interval, before_flush=self._collect_hot_hits
+            self._store.record_access_times,
+            interval=access_flush_interval,
+            before_collect=self._collect_hot_hits,
         )
-        self._accessed = self._recorder.pending  # accesses served by the slow path
         self._hot_accessed: dict[str, None] = {}  # accesses served by the hot path (also LRU hints)
         self._hot_hits = 0
         self._store_reads = 0
@@ -235,7 +242,7 @@ class TieredBackend(BackendBase):
         record = await self._read_through(bot_id)  # what _get_config does, one call shorter
         if record is None:
             return None
-        self._accessed[bot_id] = None
+        self._recorder.record(bot_id)
         return record.config
 
     # ---- reads -----------------------------------------------------------------------------
@@ -243,7 +250,7 @@ class TieredBackend(BackendBase):
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
         record = await self._read_through(bot_id)
         if touch and record is not None:
-            self._accessed[bot_id] = None
+            return self._access(record)  # shows the time of this access
         return record
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
@@ -452,16 +459,21 @@ class TieredBackend(BackendBase):
     # ---- access tracking -----------------------------------------------------------------------
 
     def _collect_hot_hits(self) -> None:
-        """Before each access flush: hand the hot path's hits to the recorder and the LRU order."""
+        """Before each access flush, and before a read shows the pending accesses: hand the hot
+        path's hits to the LRU order and to the recorder, which stamps them now (any time from the
+        hit on is right: the hot path reads no clock)."""
         hot = self._hot_accessed
         if hot:
             if self._local is not None:
                 self._local.note_hits(hot)
-            self._accessed.update(hot)
+            self._recorder.unstamped.update(hot)
             hot.clear()
 
     async def _record_accesses(self, bot_ids: Sequence[str], at: datetime) -> None:
         await self._store._record_accesses(bot_ids, at)
+
+    async def _record_access_times(self, times: Mapping[str, datetime]) -> None:
+        await self._store._record_access_times(times)
 
     async def flush_accesses(self) -> None:
         self._check_open()
@@ -470,17 +482,48 @@ class TieredBackend(BackendBase):
 
     # ---- statistics ----------------------------------------------------------------------------
 
+    @property
+    def channel(self) -> InvalidationChannel | None:
+        """The cross-process invalidation channel, or ``None`` (a stack without Redis, or
+        ``coherence=False``). Read-only use: its counters and ``lag`` histogram."""
+        return self._coherence
+
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per-tier counters (hits, misses, fills, invalidations, errors) and store reads, as plain dicts."""
+        """Counters as plain dicts of ints, read when called (nothing is added to the hot path).
+
+        One dict per tier, nearest first, under the tier's name: ``hits``, ``misses``, ``fills``,
+        ``evictions``, ``expirations``, ``invalidations``, ``errors``; the local tier also has
+        ``entries`` (how many it holds now); each shared tier ``circuit_open`` (1 while its breaker
+        is open or half-open), ``circuit_opened`` (times it opened), ``owed`` (invalidations owed
+        to it: bots, or 1 for a clear) and ``owed_everything`` (1 if a clear is owed). Then
+        ``store``: ``reads``, ``errors``; and with an invalidation channel, ``channel``:
+        ``published``, ``received``, ``publish_errors``, ``drops``, ``up`` (1 while subscribed),
+        ``unannounced`` (invalidations not published yet: owed to the other processes).
+        """
         out: dict[str, dict[str, int]] = {}
         for name, tier in zip(self._names, self._tiers, strict=True):
             counters = tier.stats.as_dict()
             if tier is self._local:
                 counters["hits"] += self._hot_hits
+                counters["entries"] = len(self._local.entries)
             else:
-                counters["circuit_opened"] = self._guards[id(tier)].opened
+                guard = self._guards[id(tier)]
+                counters["circuit_open"] = int(guard.is_open)
+                counters["circuit_opened"] = guard.opened
+                counters["owed"] = guard.owed_keys + guard.owes_everything
+                counters["owed_everything"] = int(guard.owes_everything)
             out[name] = counters
         out["store"] = {"reads": self._store_reads, "errors": self._store_errors}
+        channel = self._coherence
+        if channel is not None:
+            out["channel"] = {
+                "published": channel.published,
+                "received": channel.received,
+                "publish_errors": channel.publish_errors,
+                "drops": channel.drops,
+                "up": int(channel.is_up),
+                "unannounced": self._owed.unannounced,
+            }
         return out
 
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:

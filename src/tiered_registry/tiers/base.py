@@ -41,11 +41,18 @@ Lookup: TypeAlias = Registration | _Absent | None
 
 @dataclass(slots=True)
 class TierStats:
-    """Counters of one tier; plain ints, cheap enough to leave on."""
+    """Counters of one tier; plain ints, cheap enough to leave on.
+
+    ``evictions``: entries dropped to make room (LRU, at ``maxsize``); ``expirations``: entries
+    dropped because their TTL ran out. Both are counted by the in-process tier only (Redis evicts
+    and expires keys on its own: see its ``INFO stats``).
+    """
 
     hits: int = 0
     misses: int = 0
     fills: int = 0
+    evictions: int = 0
+    expirations: int = 0
     invalidations: int = 0
     errors: int = 0
 

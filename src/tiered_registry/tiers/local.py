@@ -53,21 +53,22 @@ def _deadline(bot_id: str, entry: Entry, now: float) -> float:
 
 class _BoundedIndex(TLRUCache[str, Entry]):
     """A TLRUCache (expiry at each entry's deadline) that reports every key it evicts or expires
-    (to keep ``entries`` in step)."""
+    (to keep ``entries`` in step): ``on_remove(key, expired)``. Both happen on fills and in the
+    sweep, never on a hit."""
 
-    def __init__(self, maxsize: int, on_remove: Callable[[str], Any]) -> None:
+    def __init__(self, maxsize: int, on_remove: Callable[[str, bool], Any]) -> None:
         super().__init__(maxsize=maxsize, ttu=_deadline, timer=_monotonic)
         self._on_remove = on_remove
 
     def popitem(self) -> tuple[str, Entry]:
-        key, value = super().popitem()
-        self._on_remove(key)
+        key, value = super().popitem()  # an LRU eviction (only at maxsize: clear() does not call it)
+        self._on_remove(key, False)
         return key, value
 
     def expire(self, time: float | None = None) -> list[tuple[str, Entry]]:
         expired = list(super().expire(time))
         for key, _ in expired:
-            self._on_remove(key)
+            self._on_remove(key, True)
         return expired
 
 
@@ -131,8 +132,13 @@ class LocalCache(CacheTier):
     def __bool__(self) -> bool:  # an empty cache is still a cache (`tier or default` must not skip it)
         return True
 
-    def _drop(self, bot_id: str) -> None:
+    def _drop(self, bot_id: str, expired: bool) -> None:
+        """The index evicted (LRU) or expired ``bot_id``."""
         self.entries.pop(bot_id, None)
+        if expired:
+            self.stats.expirations += 1
+        else:
+            self.stats.evictions += 1
 
     # ---- synchronous core (used directly by TieredBackend) ----------------------------------
 
@@ -143,6 +149,7 @@ class LocalCache(CacheTier):
             return None
         if entry[2] > _monotonic():
             return entry
+        self.stats.expirations += 1  # not swept yet
         self.delete(bot_id)
         return None
 
