@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import pytest
 import redis.asyncio as redis
 
 from tiered_registry.bench.stacks import STACKS
-from tiered_registry.cli import EXIT_INTERRUPTED, build_parser, main
+from tiered_registry.cli import EXIT_INTERRUPTED, EXIT_NOTHING_MEASURED, build_parser, main
 
 TINY = ["--bots", "20", "--duration", "0.05", "--concurrency", "4"]
 # One stack of each kind: in-process, PostgreSQL store, Redis tier, and all tiers at once.
@@ -188,6 +189,49 @@ def test_unreachable_server_is_skipped_and_said(database_url: str) -> None:
     assert any(line.startswith("* skipped: redis-cache+postgres") for line in last_lines), result.stderr
 
 
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_nothing_measured_exits_non_zero() -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    result = _bench("--stacks", "redis-store", *TINY, "--redis-url", url)
+    assert result.returncode == EXIT_NOTHING_MEASURED == 3, result.stderr
+    assert "skipped *" in result.stdout
+    assert "* skipped: redis-store: redis: " in result.stdout
+    assert "nothing measured: all 1 requested stack(s) skipped or failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_some_measured_exits_zero_when_others_are_skipped() -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    result = _bench("--stacks", "memory,redis-store", *TINY, "--redis-url", url)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^redis-store +skipped \*", result.stdout, re.MULTILINE), result.stdout
+    assert "nothing measured" not in result.stderr
+
+
+def test_output_is_complete_at_80_columns_and_when_piped() -> None:
+    """stdout is a pipe here; COLUMNS=80 as in a narrow terminal: no cell cut, nothing wider."""
+    stacks = "memory,local+memory"
+    result = _bench("--stacks", stacks, *TINY, env={**_env(), "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    table_lines = [line for line in result.stdout.splitlines() if "µs" in line and ":" not in line]
+    assert table_lines, result.stdout
+    assert max(len(line) for line in table_lines) <= 80, result.stdout
+    for label in ("memory", "local → memory", "floor: async dict lookup"):
+        row = rf"^{re.escape(label)}  +[0-9.]+ µs +[0-9.]+ µs "
+        assert re.search(row, result.stdout, re.MULTILINE), label
+    headers = ("median", "p99", "vs floor", "calls/s", "miss (cold)", "register", "deactivate", "next read")
+    for header in headers:
+        assert header in result.stdout
+
+
 def test_help_lists_every_option_and_stack() -> None:
     result = _bench("--help", env={**_env(), "COLUMNS": "200"})  # no line breaks inside stack names
     assert result.returncode == 0
@@ -197,6 +241,8 @@ def test_help_lists_every_option_and_stack() -> None:
     help_text = " ".join(result.stdout.split())
     for name in STACKS:
         assert name in help_text
+    for status in ("0 every stack measured", "2 bad options", "3 nothing measured", "130 interrupted"):
+        assert status in help_text
 
 
 def test_console_script_is_declared() -> None:

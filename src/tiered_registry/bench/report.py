@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import orjson
 
@@ -25,6 +25,7 @@ __all__ = [
     "format_rate",
     "machine_line",
     "render_table",
+    "render_tables",
     "settings_line",
     "skipped_line",
     "to_json",
@@ -46,7 +47,7 @@ def format_latency(ns: float | None) -> str:
         return f"{us:.2f} µs"
     if us < 100:
         return f"{us:.1f} µs"
-    if us < 1000:
+    if us < 999.5:
         return f"{us:.0f} µs"
     return f"{us / 1000:.2f} ms"
 
@@ -121,64 +122,102 @@ def skipped_line(result: BenchResult) -> str | None:
     return "skipped: " + "; ".join(parts)
 
 
-def render_table(result: BenchResult) -> Table:
-    """The results as a rich table: floors first, then one row per stack.
-
-    A stack that did not run shows ``skipped *`` / ``failed *``; :func:`skipped_line` says why.
-    """
+def render_tables(result: BenchResult) -> list[Table]:
+    """The results as two rich tables that fit in 80 columns: the ``get_config`` hot path
+    (latency, ratio to its floor, throughput), then cold reads and writes. Floors come first in
+    the first one. A stack that did not run shows ``skipped *`` / ``failed *``; :func:`skipped_line`
+    says why. No cell is ever cut: the widest cell is a stack name (30 characters)."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    concurrency = result.options.concurrency
-    table = Table(title="tiered-registry bench — get_config and writes, per call", title_justify="left")
-    table.add_column("stack", no_wrap=True)
-    table.add_column("get_config\nmedian", justify="right")
-    table.add_column("p99", justify="right")
-    table.add_column("vs floor", justify="right")
-    table.add_column(f"throughput\n{concurrency} tasks", justify="right")
-    table.add_column("miss\n(cold)", justify="right")
-    table.add_column("register", justify="right")
-    table.add_column("deactivate", justify="right")
-    table.add_column("invalidation\n→ next read", justify="right")
+    def table(title: str, *columns: str) -> Table:
+        t = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        t.add_column("stack", no_wrap=True)
+        for column in columns:
+            t.add_column(column, justify="right", no_wrap=True)
+        return t
 
-    def row(*cells: str, style: str | None = None) -> None:
-        table.add_row(*(Text(cell) for cell in cells), style=style)
+    concurrency = result.options.concurrency
+    hot = table(
+        "get_config hot path, per call; vs floor: ÷ that floor timed alongside; "
+        f"calls/s: {concurrency} tasks reading",
+        "median",
+        "p99",
+        "vs floor",
+        "calls/s",
+    )
+    cold = table(
+        "cold reads and writes, median per call",
+        "miss (cold)",
+        "register",
+        "deactivate",
+        "next read",
+    )
+
+    def row(target: Table, *cells: str, style: str | None = None) -> None:
+        target.add_row(*(Text(cell) for cell in cells), style=style)
 
     for name, label in FLOOR_LABELS.items():
         latency = result.floors.get(name)
         if latency is not None:
             row(
+                hot,
                 f"floor: {label}",
                 format_latency(latency.median_ns),
                 format_latency(latency.p99_ns),
                 "1x",
-                *(["—"] * 5),
+                "—",
                 style="dim",
             )
         elif name in result.floor_errors:
-            row(f"floor: {label}", "not measured", *(["—"] * 7), style="dim")
-    if result.floors:
-        table.add_section()
+            row(hot, f"floor: {label}", "not measured", "—", "—", "—", style="dim")
+    if result.floors or result.floor_errors:
+        hot.add_section()
     for stack in result.stacks:
-        row(*_stack_cells(stack))
-    return table
+        hot_cells, cold_cells = _stack_cells(stack)
+        row(hot, stack.spec.label, *hot_cells)
+        row(cold, stack.spec.label, *cold_cells)
+    cold.caption = "next read: the get_config right after deactivate (every tier invalidated)"
+    cold.caption_justify = "left"
+    return [hot, cold]
 
 
-def _stack_cells(stack: StackResult) -> list[str]:
+def render_table(result: BenchResult) -> Table:
+    """Both tables of :func:`render_tables` in one grid (printed as one renderable)."""
+    from rich.table import Table
+
+    grid = Table.grid()
+    for part in render_tables(result):
+        grid.add_row(part)
+    return grid
+
+
+def _stack_cells(stack: StackResult) -> tuple[list[str], list[str]]:
     if stack.status != "ok" or stack.get_config is None:  # the reason is in skipped_line()
-        return [stack.spec.label, f"{stack.status} *", *(["—"] * 7)]
-    ratio = "—" if stack.ratio is None else f"{stack.ratio:.1f}x {_FLOOR_SHORT[stack.spec.floor]}"
-    return [
-        stack.spec.label,
-        format_latency(stack.get_config.median_ns),
-        format_latency(stack.get_config.p99_ns),
-        ratio,
-        format_rate(None if stack.throughput is None else stack.throughput.ops_per_s),
-        format_latency(_median(stack.miss)),
-        format_latency(_median(stack.register)),
-        format_latency(_median(stack.deactivate)),
-        format_latency(_median(stack.read_after_invalidation)),
-    ]
+        return [f"{stack.status} *", "—", "—", "—"], ["—"] * 4
+    ratio = "—" if stack.ratio is None else f"{stack.ratio:.2f}x {_FLOOR_SHORT[stack.spec.floor]}"
+    return (
+        [
+            format_latency(stack.get_config.median_ns),
+            format_latency(stack.get_config.p99_ns),
+            ratio,
+            format_rate(None if stack.throughput is None else stack.throughput.ops_per_s),
+        ],
+        [
+            format_latency(_median(stack.miss)),
+            format_latency(_median(stack.register)),
+            format_latency(_median(stack.deactivate)),
+            format_latency(_median(stack.read_after_invalidation)),
+        ],
+    )
 
 
 def to_json(result: BenchResult, *, wall_seconds: float | None = None) -> bytes:
@@ -189,8 +228,39 @@ def to_json(result: BenchResult, *, wall_seconds: float | None = None) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
+_FLOOR_STYLES: Final[dict[FloorName, tuple[str, Literal[":", "--", "-."]]]] = {
+    "dict": ("#2a9d55", ":"),
+    "redis_get": ("#d1495b", "--"),
+    "pg_select": ("#7a4ea3", "-."),
+}
+
+
+_LABEL_BOX: Final = {"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.4}
+
+
+def _spread(values: list[float], min_gap: float) -> list[float]:
+    """Positions (log10) for labels of ``values`` (log10, any order): each at its value, moved up
+    just enough that no two are closer than ``min_gap``; returned in the order of ``values``."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    placed = list(values)
+    previous: float | None = None
+    for index in order:
+        if previous is not None and placed[index] < previous + min_gap:
+            placed[index] = previous + min_gap
+        previous = placed[index]
+    return placed
+
+
 def write_plot(result: BenchResult, path: str | Path) -> None:
-    """Bar chart of get_config latency per stack (median and p99, log scale) with the floors as lines."""
+    """Bar chart of get_config latency per stack (median and p99, log scale, both labelled).
+
+    On each median bar, a black tick marks what its ratio divides by: the floor timed in
+    alternation with that stack (``paired_floor``); the label gives both figures. The floor rows
+    of the table (each floor measured on its own) are the coloured lines, labelled in a margin on
+    the right, labels moved apart where two lines are close. An SVG keeps its text as text.
+    """
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,42 +271,100 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     labels = [s.spec.label.replace(" → ", "\n→ ") for s in stacks]
     medians = [s.get_config.median_ns / 1000 for s in stacks if s.get_config is not None]
     p99s = [s.get_config.p99_ns / 1000 for s in stacks if s.get_config is not None]
-    fig, ax = plt.subplots(figsize=(max(10.0, 1.3 * len(stacks) + 5), 6.4), layout="constrained")
-    positions = list(range(len(stacks)))
-    width = 0.38
-    bars = ax.bar([p - width / 2 for p in positions], medians, width, label="median", color="#2f6db5")
-    ax.bar([p + width / 2 for p in positions], p99s, width, label="p99", color="#9dc3ea")
-    for bar, value, stack in zip(bars, medians, stacks, strict=True):
-        # The ratio is to the floor timed alongside this stack; the floor lines were taken apart.
-        ratio = "" if stack.ratio is None else f"\n{stack.ratio:.2f}x {_FLOOR_SHORT[stack.spec.floor]}"
-        ax.annotate(
-            format_latency(value * 1000) + ratio,
-            (bar.get_x() + bar.get_width() / 2, value),
-            textcoords="offset points",
-            xytext=(0, 3),
-            ha="center",
-            fontsize=8,
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig, ax = plt.subplots(figsize=(max(10.0, 1.5 * len(stacks) + 5), 6.8), layout="constrained")
+        positions = list(range(len(stacks)))
+        width = 0.38
+        bars = ax.bar([p - width / 2 for p in positions], medians, width, label="median", color="#2f6db5")
+        p99_bars = ax.bar([p + width / 2 for p in positions], p99s, width, label="p99", color="#9dc3ea")
+        paired_values: list[float] = []
+        for bar, value, stack in zip(bars, medians, stacks, strict=True):
+            text = format_latency(value * 1000)
+            top = value  # the label goes above the bar, or above the tick if that is higher
+            paired = stack.paired_floor
+            if paired is not None:
+                floor_us = paired.median_ns / 1000
+                paired_values.append(floor_us)
+                top = max(top, floor_us)
+                left = bar.get_x()
+                ax.hlines(
+                    floor_us,
+                    left - 0.04,
+                    left + bar.get_width() + 0.04,
+                    colors="black",
+                    linewidth=2.2,
+                    # one legend entry for all the ticks
+                    label="floor timed alongside (what vs floor divides by)"
+                    if len(paired_values) == 1
+                    else "_nolegend_",
+                    zorder=3,
+                )
+            if stack.ratio is not None:
+                short = _FLOOR_SHORT[stack.spec.floor]
+                of = "" if paired is None else f" {format_latency(paired.median_ns)}"
+                text += f"\n= {stack.ratio:.2f}x\n{short}{of}"
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, top),
+                textcoords="offset points",
+                xytext=(-2, 3),
+                ha="center",
+                fontsize=7,
+                bbox=_LABEL_BOX,  # legible over a floor line
+            )
+        for bar, value in zip(p99_bars, p99s, strict=True):
+            ax.annotate(
+                f"p99\n{format_latency(value * 1000)}",
+                (bar.get_x() + bar.get_width() / 2, value),
+                textcoords="offset points",
+                xytext=(2, 3),
+                ha="center",
+                fontsize=7,
+                color="#3d6f9e",
+                bbox=_LABEL_BOX,
+            )
+        floors = list(result.floors.items())
+        margin_x = len(stacks) - 0.4  # floor labels go in an empty margin right of the last bar
+        for name, latency in floors:
+            color, style = _FLOOR_STYLES[name]
+            ax.hlines(  # up to the margin, where its label is
+                latency.median_ns / 1000,
+                -0.6,
+                margin_x - 0.1,
+                colors=color,
+                linestyles=style,
+                linewidth=1.2,
+                alpha=0.8,
+                label=f"floor: {FLOOR_LABELS[name]}, measured on its own",
+            )
+        values = medians + p99s + paired_values + [latency.median_ns / 1000 for _, latency in floors]
+        if values:
+            low, high = min(values) / 2, max(values) * 6  # room for the value labels
+            ax.set_ylim(low, high)
+            # about 11 points between two labels, as a fraction of the axis in decades
+            gap = (math.log10(high) - math.log10(low)) * 11 / (6.8 * 72 * 0.75)
+            logs = [math.log10(latency.median_ns / 1000) for _, latency in floors]
+            for (name, latency), y in zip(floors, _spread(logs, gap), strict=True):
+                color, _ = _FLOOR_STYLES[name]
+                ax.annotate(
+                    f"{_FLOOR_SHORT[name]} floor {format_latency(latency.median_ns)}",
+                    (margin_x, 10**y),
+                    va="center",
+                    ha="left",
+                    fontsize=7,
+                    color=color,
+                )
+        ax.set_xlim(-0.6, margin_x + 1.1)
+        ax.set_yscale("log")
+        ax.set_ylabel("get_config latency per call (µs, log scale)")
+        ax.set_xticks(positions, labels, fontsize=8)
+        ax.set_title("tiered-registry: get_config hot path by backend combination")
+        ax.grid(axis="y", which="both", alpha=0.25)
+        ax.set_axisbelow(True)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        footer = "\n".join(
+            textwrap.wrap(machine_line(result), 150) + textwrap.wrap(settings_line(result), 150)
         )
-    styles = {"dict": ("#2a9d55", ":"), "redis_get": ("#d1495b", "--"), "pg_select": ("#7a4ea3", "-.")}
-    for name, latency in result.floors.items():
-        color, style = styles[name]
-        ax.axhline(
-            latency.median_ns / 1000,
-            color=color,
-            linestyle=style,
-            linewidth=1.2,
-            label=f"floor: {FLOOR_LABELS[name]} ({format_latency(latency.median_ns)}, measured apart)",
-        )
-    ax.set_yscale("log")
-    values = medians + p99s + [latency.median_ns / 1000 for latency in result.floors.values()]
-    if values:
-        ax.set_ylim(min(values) / 2, max(values) * 4)  # room for the value labels
-    ax.set_ylabel("get_config latency per call (µs, log scale)")
-    ax.set_xticks(positions, labels, fontsize=8)
-    ax.set_title("tiered-registry: get_config hot path by backend combination")
-    ax.grid(axis="y", which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    footer = "\n".join(textwrap.wrap(machine_line(result), 150) + textwrap.wrap(settings_line(result), 150))
-    fig.supxlabel(footer, fontsize=6.5, color="#555555")
-    fig.savefig(path, dpi=130 if path.suffix.lower() == ".png" else None)
-    plt.close(fig)
+        fig.supxlabel(footer, fontsize=6.5, color="#555555")
+        fig.savefig(path, dpi=130 if path.suffix.lower() == ".png" else None)
+        plt.close(fig)
