@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aredis
 import redis.exceptions as rexc
 
-from tiered_registry import BackendUnavailableError, ConfigurationError
+from tiered_registry import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
 from tiered_registry.redis_client import (
     WaitingConnectionPool,
     make_client,
@@ -423,3 +423,28 @@ async def test_map_redis_errors_maps_only_connection_failures() -> None:
         raise ConnectionResetError("reset")
     with pytest.raises(rexc.ResponseError), map_redis_errors("probe"):
         raise rexc.ResponseError("WRONGTYPE")
+
+
+async def test_a_write_that_times_out_raises_outcome_unknown_and_a_refused_connect_does_not(
+    make: Make, private_redis
+) -> None:
+    """A write sent to a server that then hangs may or may not have happened
+    (``WriteOutcomeUnknownError``); one that could not even connect did not (plain
+    ``BackendUnavailableError``)."""
+    url, start, stop = private_redis
+    store = await make(url, socket_timeout=0.3, retries=0)
+    await store.register("bot", {"v": 1})
+    pauser = aredis.Redis.from_url(url)
+    try:
+        await pauser.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        with pytest.raises(WriteOutcomeUnknownError):
+            await store.register("bot", {"v": 2})
+        await asyncio.sleep(1.3)
+        stop()
+        with pytest.raises(BackendUnavailableError) as refused:
+            await store.register("bot", {"v": 3})
+        assert not isinstance(refused.value, WriteOutcomeUnknownError)
+    finally:
+        start()
+        await pauser.aclose()
+        await store.close()  # before private_redis stops its server (fixtures end in reverse)

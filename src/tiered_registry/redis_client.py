@@ -314,4 +314,4 @@ def map_redis_errors(doing: str, target: str | None = None, *, write: bool = Fal
     the ``__cause__``. Other errors (a bug, a ``WRONGTYPE`` reply) pass through unchanged.
     ``write``: a failure that leaves the outcome unknown raises :class:`WriteOutcomeUnknownError`.
     """
-    return RedisErrorMap(doing, target)
+    return RedisErrorMap(doing, target, write=write)
