@@ -18,7 +18,7 @@ from .errors import (
     RegistryError,
     WriteOutcomeUnknownError,
 )
-from .factory import create_backend
+from .factory import StackSpec, create_backend
 from .frozen import FrozenDict, FrozenList, freeze, thaw
 from .models import Registration
 from .protocol import RegistryBackend
@@ -53,6 +53,7 @@ __all__ = [
     "RegistryBackend",
     "RegistryError",
     "SortSpec",
+    "StackSpec",
     "TieredBackend",
     "WriteOutcomeUnknownError",
     "create_backend",

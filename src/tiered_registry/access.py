@@ -105,10 +105,14 @@ class AccessRecorder:
         interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
         max_pending: int = 50_000,
         before_collect: Callable[[], None] | None = None,
+        track: bool = True,
     ) -> None:
+        """``track=False``: accesses are collected (``before_collect`` still runs: LRU hints) and
+        dropped; nothing is ever written and no read overlays anything."""
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval!r}")
         self._sink = sink
+        self.track = track
         self._before_collect = before_collect
         self.interval = interval
         self._max_pending = max_pending
@@ -141,6 +145,10 @@ class AccessRecorder:
         if self._before_collect is not None:
             self._before_collect()
         unstamped = self.unstamped
+        if not self.track:  # accesses are not tracked: drop them
+            unstamped.clear()
+            self.pending.clear()
+            return
         if unstamped:
             now = utcnow()
             pending = self.pending

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from .access import AccessRecorder, AccessView
-from .errors import BackendClosedError, BackendNotInitializedError
+from .errors import BackendClosedError, BackendNotInitializedError, InvalidInputError
 from .frozen import FrozenDict
 from .models import Registration, utcnow
 from .query import Query
@@ -39,6 +39,14 @@ class BackendBase(abc.ABC):
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def initialize(self) -> None:
+        """Connect to what the backend stands for and create what is missing (tables, scripts).
+
+        Idempotent, and safe to call from several tasks at once (they wait for the first). Raises
+        :class:`~tiered_registry.BackendUnavailableError` if a server cannot be reached,
+        :class:`~tiered_registry.ConfigurationError` if it refuses the configuration, and
+        :class:`~tiered_registry.BackendClosedError` after :meth:`close`. ``async with backend:`` calls
+        it (and :meth:`close` on the way out).
+        """
         if self._state == _OPEN:
             return
         lock = self.__dict__.setdefault("_initialize_lock", asyncio.Lock())
@@ -51,6 +59,10 @@ class BackendBase(abc.ABC):
             self._state = _OPEN
 
     async def close(self) -> None:
+        """Write pending access times, stop background tasks and release connections (those the
+        backend opened itself; a client or pool passed in stays open). Idempotent and final: later
+        calls raise :class:`~tiered_registry.BackendClosedError` (see :meth:`release` to retry a start).
+        """
         if self._state == _CLOSED:
             return
         was_open = self._state == _OPEN
@@ -87,6 +99,7 @@ class BackendBase(abc.ABC):
 
     @property
     def is_open(self) -> bool:
+        """True between a successful :meth:`initialize` and :meth:`close`."""
         return self._state == _OPEN
 
     def _check_open(self) -> None:
@@ -110,6 +123,14 @@ class BackendBase(abc.ABC):
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> Registration:
+        """Create or replace the registration of ``bot_id``; returns it as stored.
+
+        ``config`` must be a JSON-compatible dict (at most 1 MiB as JSON); it is validated and frozen
+        before anything is written, so a bad one raises :class:`~tiered_registry.InvalidInputError` /
+        :class:`~tiered_registry.InvalidTypeError` naming the field and changes nothing. ``status`` is
+        ``"active"``, ``"inactive"`` or ``"error"``. ``created_at`` of an existing bot is kept;
+        ``metadata=None`` keeps its stored metadata (``{}`` for a new bot), a mapping replaces it.
+        """
         bot_id = validate_bot_id(bot_id)
         frozen_config = validate_config(config)
         status = validate_status(status)
@@ -118,18 +139,47 @@ class BackendBase(abc.ABC):
         return await self._register(bot_id, frozen_config, status, frozen_metadata)
 
     async def unregister(self, bot_id: str) -> bool:
+        """Delete ``bot_id`` for good (every tier, every process); True if it existed."""
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._unregister(bot_id)
 
     async def deactivate(self, bot_id: str) -> bool:
+        """Soft-delete ``bot_id``: its status becomes ``"inactive"`` (kept, listed by
+        :meth:`list_inactive`, no longer by :meth:`exists`/:meth:`list_active`); True if it existed.
+        """
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._deactivate(bot_id)
 
     async def clear(self) -> None:
+        """Remove every registration of this registry's namespace (Redis key prefix, PostgreSQL
+        table), and nothing outside it.
+        """
         self._check_open()
         await self._clear()
+
+    # ---- cache invalidation (for writes made around the stack) --------------------------------
+
+    async def invalidate(self, bot_id: str) -> None:
+        """Drop every cached copy of ``bot_id``, for a write made around this backend (an admin's
+        SQL, a migration script): a :class:`~tiered_registry.TieredBackend` drops it from every tier
+        of this process and from the shared tiers (Redis), and tells every other process over the
+        invalidation channel (change kind ``invalidated``). The next read takes the store's value.
+        A plain store caches nothing: a no-op there."""
+        bot_id = validate_bot_id(bot_id)
+        self._check_open()
+        await self._invalidate(bot_id)
+
+    async def invalidate_all(self) -> None:
+        """Like :meth:`invalidate` for every bot: every tier is emptied, here and (Redis) shared, and
+        every other process drops its local tier (change kind ``resync``). A no-op on a plain store."""
+        self._check_open()
+        await self._invalidate(None)
+
+    async def _invalidate(self, bot_id: str | None) -> None:
+        """Nothing cached here (``bot_id`` ``None``: everything)."""
+        return None
 
     # ---- point reads -----------------------------------------------------------------------
 
@@ -149,16 +199,31 @@ class BackendBase(abc.ABC):
         return record if record is None or view is None else view.show(record)
 
     async def get_config(self, bot_id: str) -> dict[str, Any] | None:
+        """The config of ``bot_id`` (a read-only :class:`~tiered_registry.FrozenDict`, shared: no
+        copy), or None if there is no such bot — whatever its status (check it with :meth:`get`). Counts
+        as an access (``last_accessed_at``). The hot path of a stack: a local-tier hit costs about a dict
+        lookup.
+        """
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._get_config(bot_id, touch=True)
 
+    async def get_active_config(self, bot_id: str) -> dict[str, Any] | None:
+        """Like :meth:`get_config` (an access), but ``None`` unless the bot is ``active``: what a bot
+        server that must not run deactivated bots reads, without a :meth:`get` to check the status."""
+        bot_id = validate_bot_id(bot_id)
+        self._check_open()
+        record = await self._get(bot_id, touch=True)
+        return record.config if record is not None and record.status == "active" else None
+
     async def peek_config(self, bot_id: str) -> dict[str, Any] | None:
+        """Like :meth:`get_config` but not an access: ``last_accessed_at`` is not advanced."""
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._get_config(bot_id, touch=False)
 
     async def exists(self, bot_id: str) -> bool:
+        """True if ``bot_id`` is registered *and active*; not an access."""
         bot_id = validate_bot_id(bot_id)
         self._check_open()
         return await self._exists(bot_id)
@@ -174,6 +239,14 @@ class BackendBase(abc.ABC):
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
+        """Registrations, optionally of one ``status``, as a list (not accesses).
+
+        ``filter_metadata``: equality on top-level metadata keys (``{"tenant": "acme"}``). ``sort``: a
+        field name, a ``(field, "asc"|"desc")`` tuple, a :class:`~tiered_registry.SortSpec`, or a list
+        of these; fields are ``bot_id``, ``status``, ``created_at``, ``updated_at``,
+        ``last_accessed_at`` or ``metadata.KEY`` (descending: ``("created_at", "desc")``). Ties and the
+        default order are by ``bot_id``. ``offset``/``limit`` page the sorted result.
+        """
         query = Query.build(
             status=status, filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset
         )
@@ -194,6 +267,7 @@ class BackendBase(abc.ABC):
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
+        """Active registrations; the options are those of :meth:`list_all`."""
         return await self.list_all(
             status="active", filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset
         )
@@ -206,6 +280,7 @@ class BackendBase(abc.ABC):
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
+        """Inactive registrations; the options are those of :meth:`list_all`."""
         return await self.list_all(
             status="inactive",
             filter_metadata=filter_metadata,
@@ -215,20 +290,26 @@ class BackendBase(abc.ABC):
         )
 
     async def list_ids(self) -> list[str]:
+        """The ids of the active bots, sorted."""
         self._check_open()
         return await self._list_ids()
 
     async def count_all(
         self, *, status: str | None = None, filter_metadata: Mapping[str, Any] | None = None
     ) -> int:
+        """How many registrations there are, optionally of one ``status`` and matching
+        ``filter_metadata`` (as in :meth:`list_all`).
+        """
         query = Query.build(status=status, filter_metadata=filter_metadata)
         self._check_open()
         return await self._count(query)
 
     async def count(self, *, filter_metadata: Mapping[str, Any] | None = None) -> int:
+        """How many active registrations there are (matching ``filter_metadata``, if given)."""
         return await self.count_all(status="active", filter_metadata=filter_metadata)
 
     async def count_inactive(self, *, filter_metadata: Mapping[str, Any] | None = None) -> int:
+        """How many inactive registrations there are (matching ``filter_metadata``, if given)."""
         return await self.count_all(status="inactive", filter_metadata=filter_metadata)
 
     def stream(
@@ -238,9 +319,15 @@ class BackendBase(abc.ABC):
         filter_metadata: Mapping[str, Any] | None = None,
         batch_size: int = 500,
     ) -> AsyncIterator[Registration]:
+        """Every matching registration, ordered by ``bot_id``, fetched ``batch_size`` at a time
+        (bounded memory for large registries): ``async for record in backend.stream(): ...``.
+
+        The arguments are checked at once (a bad ``batch_size`` raises
+        :class:`~tiered_registry.InvalidInputError`); the backend must be open when iteration starts.
+        """
         query = Query.build(status=status, filter_metadata=filter_metadata)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise InvalidInputError("batch_size", f"must be a positive int, got {batch_size!r}")
         return self._checked_stream(query, batch_size)
 
     async def _checked_stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
@@ -279,7 +366,7 @@ class BackendBase(abc.ABC):
         """Note an access of ``record`` now (for a ``get``): returns what the caller is shown, the
         record with ``last_accessed_at`` at that time (the time written later)."""
         recorder = self._recorder
-        if recorder is None:
+        if recorder is None or not recorder.track:
             return record
         now = utcnow()
         recorder.record_at(record.bot_id, now)

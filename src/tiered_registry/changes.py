@@ -11,11 +11,13 @@ Kinds (:data:`KINDS`):
 
 - ``registered``, ``updated``, ``deactivated``, ``unregistered``: that happened to ``bot_id``;
 - ``cleared``: every bot was removed (``bot_id`` is ``None``);
-- ``invalidated``: ``bot_id`` may have changed (a write whose outcome is unknown, a deactivate or
-  unregister of a bot that did not exist, an announcement repeated after Redis was unreachable,
-  or a message from a process of an older version): read it again;
-- ``resync``: anything may have changed (``bot_id`` is ``None``): invalidations may have been lost
-  (the channel dropped and came back), or a watcher fell too far behind. Drop everything.
+- ``invalidated``: ``bot_id`` may have changed (an explicit ``invalidate()``, a write whose
+  outcome is unknown, a deactivate or unregister of a bot that did not exist, an announcement
+  repeated after Redis was unreachable, or a message from a process of an older version): read it
+  again;
+- ``resync``: anything may have changed (``bot_id`` is ``None``): an ``invalidate_all()``, or
+  invalidations may have been lost (the channel dropped and came back), or a watcher fell too far
+  behind. Drop everything.
 
 Delivery follows the writes: an event of this process's write is delivered once every tier of
 this process has the new state (a consumer that reads the bot again sees it). Other processes'

@@ -19,6 +19,7 @@ until all was paid, every write under load was owed too and the debt never shran
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
@@ -26,6 +27,8 @@ from typing import Final
 from .tiers.base import CacheTier
 
 __all__ = ["TierGuard"]
+
+logger = logging.getLogger(__name__)
 
 _CLOSED: Final = "closed"
 _OPEN: Final = "open"
@@ -64,6 +67,45 @@ class TierGuard:
         # Closed, no failure since the last success and nothing owed: a call needs no bookkeeping
         # before or after (kept up to date by every method here; read on every shared-tier call).
         self.healthy = True
+        self._status = "up"
+        self.since = time.time()  # when :attr:`status` last changed (Unix seconds)
+        self._outage: tuple[float, int] | None = None  # (start, failures) of an outage being logged
+
+    @property
+    def status(self) -> str:
+        """``up`` (closed, nothing owed), ``degraded`` (closed, but owed invalidations or failures
+        since the last success) or ``down`` (breaker open or half-open); :attr:`since` says since
+        when. Updated by every state change (not on the hot path: a healthy guard is not called)."""
+        return self._status
+
+    def _changed(self) -> None:
+        if self.state != _CLOSED:
+            status = "down"
+        elif self._failures or self.owes:
+            status = "degraded"
+        else:
+            status = "up"
+        if status != self._status:
+            self._status = status
+            self.since = time.time()
+            if status == "up" and self._outage is not None:
+                started, failures = self._outage
+                self._outage = None
+                logger.warning(
+                    "cache tier %r answers again after %.1f s (%d failures); nothing owed to it",
+                    self.tier,
+                    time.monotonic() - started,
+                    failures,
+                )
+
+    def note_failure(self) -> bool:
+        """Count a failure for the outage log: True for the first of an outage (log it loudly; the
+        others quietly). The outage ends (logged once) when the tier is up again."""
+        if self._outage is None:
+            self._outage = (time.monotonic(), 1)
+            return True
+        self._outage = (self._outage[0], self._outage[1] + 1)
+        return False
 
     def available(self) -> bool:
         """May the tier be called now? (Closed; or open long enough to try one request.)
@@ -87,6 +129,7 @@ class TierGuard:
         self._failures = 0
         self.state = _CLOSED
         self.healthy = not self.owes
+        self._changed()
 
     def failed(self) -> None:
         self.healthy = False
@@ -96,6 +139,7 @@ class TierGuard:
                 self.opened += 1
             self.state = _OPEN
             self._opened_at = time.monotonic()
+        self._changed()
 
     def abandoned(self) -> None:
         """A call through the breaker was cancelled before it answered: if it was the half-open
@@ -140,6 +184,7 @@ class TierGuard:
             owed_at = self._owed.get(bot_id)
             if owed_at is not None and owed_at <= since:
                 del self._owed[bot_id]
+        self._changed()
 
     def owe(self, bot_id: str | None) -> None:
         """Remember that the tier may still hold an old value of ``bot_id`` (``None``: of anything)."""
@@ -150,6 +195,7 @@ class TierGuard:
             self._owed.clear()  # a clear paid later covers them
         else:
             self._owed[bot_id] = self.generation
+        self._changed()
 
     async def settle(self, paid: Callable[[str | None], object] = lambda bot_id: None) -> None:
         """Pay the owed invalidations, calling ``paid`` with each key as it is paid (``None``:
@@ -168,6 +214,7 @@ class TierGuard:
                 del self._owed[bot_id]
             paid(bot_id)
         self.healthy = self.state == _CLOSED and self._failures == 0 and not self.owes
+        self._changed()
 
     def _forget_owed(self, since: int) -> None:
         """Settle every key owed at or before generation ``since`` (a clear paid them)."""

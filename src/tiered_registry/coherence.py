@@ -53,9 +53,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
+import redis.asyncio as aredis
 
 from .errors import BackendUnavailableError
-from .redis_client import make_client, map_redis_errors, redact_url, validate_namespace
+from .redis_client import is_setup_error, make_client, map_redis_errors, redact_url, validate_namespace
 from .tasks import cancel_and_wait
 
 __all__ = ["InvalidationChannel"]
@@ -106,7 +107,7 @@ class InvalidationChannel:
 
     def __init__(
         self,
-        url_or_client: Any,
+        url_or_client: str | aredis.Redis,
         *,
         namespace: str = "tiered_registry",
         channel: str | None = None,
@@ -132,12 +133,35 @@ class InvalidationChannel:
         self._on_state: OnState = lambda up: None
         self._up = False
         self._first_subscribe = asyncio.Event()
+        self._setup_logged = False  # a refused connection setup (a wrong URL) was logged
         self.received = 0
         self.published = 0
         self.publish_errors = 0
         self._failing = 0  # publishes failed in a row
         self.drops = 0
         self.lag = LagHistogram()
+        self.since = time.time()  # when :attr:`status` last changed (Unix seconds)
+        self._status = "down"
+
+    @property
+    def status(self) -> str:
+        """``up`` or ``down``; :attr:`since` says since when. Listening: up while subscribed.
+        Publishing only (a stack without a local tier): down while its PUBLISHes fail."""
+        return self._status
+
+    def _update_status(self) -> None:
+        listening = self._task is not None
+        up = self._up if listening else self._publisher is not None and not self._failing
+        status = "up" if up else "down"
+        if status != self._status:
+            self._status = status
+            self.since = time.time()
+
+    async def check(self) -> None:
+        """PING Redis on the publishing connection: raises
+        :class:`~tiered_registry.BackendUnavailableError` if it cannot be reached."""
+        async with map_redis_errors("invalidation channel check"):
+            await self._publisher.ping()
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -159,6 +183,7 @@ class InvalidationChannel:
         self._publisher, self._owned = make_client(
             self._source, socket_timeout=self.publish_timeout, connect_timeout=self.publish_timeout, retries=0
         )
+        self._update_status()  # publishing only: up until a PUBLISH fails
         if on_invalidate is None or on_state is None:
             return
         self.listen(on_invalidate, on_state)
@@ -173,16 +198,20 @@ class InvalidationChannel:
         self._on_invalidate = on_invalidate
         self._on_state = on_state
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="tiered-registry-coherence")
+        self._update_status()  # listening: down until subscribed
 
     @property
     def listening(self) -> bool:
+        """True once the listener runs (it may not be subscribed yet: see :attr:`is_up`)."""
         return self._task is not None
 
     async def stop(self) -> None:
+        """Stop listening and publishing, and close the connections the channel opened. Idempotent."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self._up = False
         publisher, self._publisher = self._publisher, None
+        self._update_status()
         if publisher is not None and self._owned:
             await publisher.aclose()
 
@@ -211,10 +240,12 @@ class InvalidationChannel:
             self._failing += 1
             if self._failing == 1:
                 logger.warning("could not publish the invalidation of %r", bot_id, exc_info=True)
+                self._update_status()
             return False
         if self._failing:
             logger.warning("invalidations published again after %d failed attempts", self._failing)
             self._failing = 0
+            self._update_status()
         self.published += 1
         return True
 
@@ -225,6 +256,7 @@ class InvalidationChannel:
             self._up = up
             if not up:
                 self.drops += 1
+            self._update_status()
             self._on_state(up)
 
     async def _listen(self) -> None:
@@ -235,7 +267,20 @@ class InvalidationChannel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("invalidation channel %s lost (%r); local tier bypassed", self.channel, exc)
+                if not is_setup_error(exc):
+                    logger.warning(
+                        "invalidation channel %s lost (%r); local tier bypassed", self.channel, exc
+                    )
+                elif not self._setup_logged:  # a wrong URL will not fix itself: say so once, loudly
+                    self._setup_logged = True
+                    logger.error(
+                        "invalidation channel %s cannot subscribe (%s); local tier bypassed, retrying"
+                        " in the background (further failures of this kind are logged at DEBUG)",
+                        self.channel,
+                        exc,
+                    )
+                else:
+                    logger.debug("invalidation channel %s cannot subscribe (%s)", self.channel, exc)
             self._set_up(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)

@@ -17,6 +17,9 @@ __all__ = ["FrozenDict", "FrozenList", "freeze", "thaw"]
 
 
 def _read_only(self: object, *args: object, **kwargs: object) -> NoReturn:
+    """Not allowed: the container is read-only (it is shared with the registry's cache), so this
+    raises ``TypeError``. ``tiered_registry.thaw(value)`` or ``copy.deepcopy(value)`` gives a
+    mutable copy."""
     raise TypeError(
         f"{type(self).__name__} is read-only (it is shared with the registry's cache); "
         "use tiered_registry.thaw(value) or copy.deepcopy(value) for a mutable copy"

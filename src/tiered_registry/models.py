@@ -52,6 +52,7 @@ class Registration:
 
     @property
     def is_active(self) -> bool:
+        """True if ``status`` is ``"active"``."""
         return self.status == "active"
 
     def with_changes(self, **changes: Any) -> Registration:

@@ -1,6 +1,6 @@
 """The :class:`RegistryBackend` protocol every backend and every stack implements.
 
-The full contract is in the project's design notes (``protocol.md``) and, executable, in
+The full contract is in ``docs/protocol.md`` (in the repository) and, executable, in
 ``tests/contract/``. Summary: reads (``get``, ``get_config``) count as accesses and ``peek_config``
 does not; ``get`` shows the time of that access and every later read in the same process a
 ``last_accessed_at`` at least that late; ``exists``/``list_active``/``list_ids``/``count`` see
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .models import Registration
+from .query import SortArg
 
 __all__ = ["CoreRegistryBackend", "RegistryBackend"]
 
@@ -97,7 +98,7 @@ class RegistryBackend(Protocol):
         self,
         *,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
@@ -107,7 +108,7 @@ class RegistryBackend(Protocol):
         self,
         *,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
@@ -118,7 +119,7 @@ class RegistryBackend(Protocol):
         *,
         status: str | None = None,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeAlias
 
 import orjson
 
@@ -23,7 +23,7 @@ from .frozen import FrozenDict
 from .models import Registration
 from .validation import validate_metadata, validate_status
 
-__all__ = ["SORTABLE_FIELDS", "Query", "SortKey", "SortSpec"]
+__all__ = ["SORTABLE_FIELDS", "Query", "SortArg", "SortItem", "SortKey", "SortLike", "SortSpec"]
 
 SORTABLE_FIELDS: Final = frozenset({"bot_id", "status", "created_at", "updated_at", "last_accessed_at"})
 METADATA_PREFIX: Final = "metadata."
@@ -36,6 +36,25 @@ class SortSpec:
 
     field: str
     order: str = "asc"
+
+
+class SortLike(Protocol):
+    """Any object with a ``field`` and an ``order`` (``"asc"``/``"desc"``, or an enum whose
+    ``value`` is one), such as dataknobs' sort specs: accepted as a sort key as it is."""
+
+    @property
+    def field(self) -> str:
+        """A registration field name or ``metadata.KEY``."""
+
+    @property
+    def order(self) -> object:
+        """``"asc"`` or ``"desc"`` (or an enum whose ``value`` is one)."""
+
+
+SortItem: TypeAlias = str | tuple[str, str] | SortSpec | SortLike
+"""One sort key: a field name (ascending), ``(field, "asc" | "desc")``, or a :class:`SortSpec`."""
+SortArg: TypeAlias = SortItem | Sequence[SortItem]
+"""What ``sort=`` takes: one sort key or a sequence of them (first key first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,13 @@ def _parse_sort_item(item: object, index: int) -> SortKey:
         if not key:
             raise InvalidInputError(f"{where}.field", "'metadata.' needs a key after the dot")
         return SortKey(field, order.lower() == "desc", key)
+    if field[:1] in ("-", "+") and (field[1:] in SORTABLE_FIELDS or field[1:].startswith(METADATA_PREFIX)):
+        order_word = "desc" if field[0] == "-" else "asc"
+        raise InvalidInputError(
+            f"{where}.field",
+            f"cannot sort by {field!r}: there is no '-'/'+' prefix notation;"
+            f" write ({field[1:]!r}, {order_word!r}) or SortSpec({field[1:]!r}, {order_word!r})",
+        )
     if field not in SORTABLE_FIELDS:
         raise InvalidInputError(
             f"{where}.field",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import unquote
 
-__all__ = ["redact_url", "scrub", "url_secrets"]
+__all__ = ["redact_text", "redact_url", "scrub", "url_secrets"]
 
 _SECRET_PARAMS: Final = frozenset({"password", "sslpassword", "ssl_password"})
 
@@ -48,6 +48,17 @@ def redact_url(url: str) -> str:
             items.append(f"{key}=***" if eq and unquote(key).lower() in _SECRET_PARAMS else item)
         tail = f"{before}?{'&'.join(items)}{hash_}{fragment}"
     return f"{scheme}://{head}{tail}"
+
+
+def redact_text(text: str) -> str:
+    """What a caller wrote where a URL was expected, fit to show: a URL redacted; a string that is
+    no URL as written when it cannot hold a credential (``"redis"``, ``"local"``), else masked."""
+    if "://" in text:
+        return redact_url(text)
+    lowered = text.lower()
+    if "@" in text or any(name in lowered for name in _SECRET_PARAMS):
+        return "<unparseable URL>"
+    return text
 
 
 def url_secrets(url: str) -> list[str]:

@@ -34,7 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from .errors import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
-from .redact import redact_url, scrub, url_secrets
+from .redact import redact_text, redact_url, scrub, url_secrets
 
 __all__ = [
     "DEFAULT_BACKOFF_CAP",
@@ -43,9 +43,11 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_SOCKET_TIMEOUT",
     "UNAVAILABLE_ERRORS",
+    "ConnectionSetupError",
     "RedisErrorMap",
     "WaitingConnectionPool",
     "describe_source",
+    "is_setup_error",
     "make_client",
     "map_redis_errors",
     "outcome_unknown",
@@ -128,6 +130,31 @@ def _check_options(
         raise ConfigurationError(f"backoff_cap must be a number of seconds >= 0, got {backoff_cap!r}")
 
 
+class ConnectionSetupError(rexc.ConnectionError):
+    """The server refused to set up a new connection (``SELECT`` of a database it does not have,
+    say): a mistake in the URL or the server's settings, not an outage. A ``ConnectionError``, so
+    a command that meets it fails like any unreachable server (a tier is skipped); ``initialize``
+    of a store reports it as :class:`~tiered_registry.errors.ConfigurationError`."""
+
+
+def is_setup_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or the driver error it was raised from) is a :class:`ConnectionSetupError`."""
+    while exc is not None:
+        if isinstance(exc, ConnectionSetupError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _setup_hint(problem: str, db: object) -> str:
+    if "DB index" in problem:
+        return (
+            f"; the URL selects database {db}, which the server does not have"
+            " (its 'databases' setting; 16 by default: 0-15)"
+        )
+    return ""
+
+
 class WaitingConnectionPool(aredis.ConnectionPool):
     """A connection pool whose callers wait for a free connection when all are busy.
 
@@ -148,7 +175,14 @@ class WaitingConnectionPool(aredis.ConnectionPool):
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self._waiters or self._handed_over or not self.can_get_connection():
             await self._wait_for_room()  # behind everyone already waiting: first come, first served
-        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except rexc.ResponseError as exc:  # an error reply to the setup (SELECT, CLIENT SETNAME, ...)
+            problem = str(exc)
+            hint = _setup_hint(problem, self.connection_kwargs.get("db"))
+            raise ConnectionSetupError(
+                f"the Redis server refused the connection setup: {problem}{hint}"
+            ) from exc
 
     async def release(self, connection: Any) -> None:
         await super().release(connection)
@@ -229,7 +263,7 @@ def make_client(
     scheme, sep, rest = url.partition("://")
     mapped = _SCHEMES.get(scheme.lower()) if sep else None
     if mapped is None:
-        raise ConfigurationError(f"expected a redis://, rediss:// or unix:// URL, got {redact_url(url)!r}")
+        raise ConfigurationError(f"expected a redis://, rediss:// or unix:// URL, got {redact_text(url)!r}")
     url = f"{mapped}://{rest}"
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,

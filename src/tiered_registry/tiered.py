@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -41,7 +42,7 @@ from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
 from .changes import ChangeEvent, ChangeFeed, ChangeKind, Watch, normalize_kind
 from .circuit import TierGuard
-from .errors import ConfigurationError
+from .errors import BackendUnavailableError, ConfigurationError, RegistryError
 from .frozen import FrozenDict
 from .models import Registration
 from .owed import OwedInvalidations
@@ -111,6 +112,8 @@ class TieredBackend(BackendBase):
         coherence: InvalidationChannel | bool | None = None,
         failure_threshold: int = 3,
         reset_timeout: float = 1.0,
+        track_access: bool = True,
+        strict: bool = False,
     ) -> None:
         """``store``: one of our stores, or any other :class:`RegistryBackend` (it is then used through
         its public methods: :class:`~tiered_registry.stores.foreign.ForeignStore`).
@@ -120,6 +123,12 @@ class TieredBackend(BackendBase):
         :class:`~tiered_registry.coherence.InvalidationChannel`.
         ``failure_threshold``/``reset_timeout``: a shared tier (Redis) that fails that many times in
         a row is skipped for that many seconds (circuit breaker, see :mod:`tiered_registry.circuit`).
+        ``track_access=False``: ``last_accessed_at`` is never written (no access writes at all;
+        reads are unchanged), for deployments that do not use it.
+        ``strict=True``: :meth:`initialize` raises :class:`~tiered_registry.BackendUnavailableError`
+        if a shared tier or the invalidation channel cannot be reached, instead of starting
+        degraded (a flag rather than an ``initialize`` argument, so that ``async with`` and
+        :func:`~tiered_registry.create_backend` configs can set it).
         """
         tiers = list(tiers)
         store = as_store(store)  # ours as is; any other RegistryBackend wrapped (stores/foreign.py)
@@ -137,11 +146,17 @@ class TieredBackend(BackendBase):
             self._store.record_access_times,
             interval=access_flush_interval,
             before_collect=self._collect_hot_hits,
+            track=track_access,
         )
+        self._strict = strict
         self._hot_accessed: dict[str, None] = {}  # accesses served by the hot path (also LRU hints)
         self._hot_hits = 0
         self._store_reads = 0
         self._store_errors = 0
+        self._store_up = True  # the last store call did not fail (for health())
+        self._store_since = time.time()
+        self._store_error: str | None = None
+        self._started_at = time.time()
         self._names = _tier_names(tiers)
         self._guards = {
             id(t): TierGuard(t, failure_threshold=failure_threshold, reset_timeout=reset_timeout)
@@ -170,10 +185,12 @@ class TieredBackend(BackendBase):
 
     @property
     def tiers(self) -> tuple[CacheTier, ...]:
+        """The cache tiers, nearest first (as given)."""
         return tuple(self._tiers)
 
     @property
     def store(self) -> BackendBase:
+        """The source of truth (a store that is not one of ours shows as its ``ForeignStore`` adapter)."""
         return self._store
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -183,6 +200,8 @@ class TieredBackend(BackendBase):
             await self._store.initialize()
             for tier in self._tiers:
                 await tier.initialize()
+            if self._strict:
+                await self._check_tiers()
             self._recorder.start()
             if self._coherence is not None and self._local is not None:
                 # The local tier is used only while the channel is up (see _coherence_changed).
@@ -191,11 +210,39 @@ class TieredBackend(BackendBase):
                 await self._coherence.start()  # nothing local to evict: publish only
             elif self._local is not None:
                 self._hot = self._local.entries
+            if self._strict and self._coherence is not None:
+                await self._check_channel(self._coherence)
+            self._started_at = time.time()
         except BaseException:
             # Failed or cancelled half-way: release what was opened (close() would not: the stack
             # never became open), then let the error through; initialize() may be called again.
             await asyncio.shield(self._release_parts(final=False))
             raise
+
+    async def _check_tiers(self) -> None:
+        """``strict``: every shared tier must answer now."""
+        for name, tier in zip(self._names, self._tiers, strict=True):
+            if tier is self._local:
+                continue
+            try:
+                await tier.check()
+            except TIER_FAILURES as exc:
+                raise BackendUnavailableError(
+                    f"cache tier {name!r} ({tier!r}) cannot be reached, and strict=True: {exc}"
+                ) from exc
+
+    async def _check_channel(self, channel: InvalidationChannel) -> None:
+        """``strict``: the invalidation channel must be subscribed (or, publishing only, reach Redis)."""
+        if channel.listening:
+            if not channel.is_up:
+                raise BackendUnavailableError(
+                    f"{channel!r} not subscribed within {channel.connect_timeout}s, and strict=True"
+                )
+            return
+        try:
+            await channel.check()
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(f"{channel!r} cannot reach Redis, and strict=True: {exc}") from exc
 
     async def _release_parts(self, *, final: bool = True) -> None:
         """Close every part, whatever state it is in; errors are logged, not raised. Not
@@ -235,6 +282,28 @@ class TieredBackend(BackendBase):
                 self._hot_accessed[bot_id] = None
             return config
         return await self._get_config_slow(bot_id)
+
+    async def get_active_config(self, bot_id: str) -> dict[str, Any] | None:
+        """Like :meth:`get_config`, but ``None`` unless the bot is ``active``. On a local hit it costs
+        one attribute read more than :meth:`get_config` (the entry holds the record)."""
+        try:
+            entry = self._hot.get(bot_id)
+        except TypeError:  # unhashable id: the slow path raises the clear error
+            entry = None
+        if entry is not None:
+            self._hot_hits += 1
+            record = entry[0]
+            if record is None:
+                return None
+            self._hot_accessed[bot_id] = None
+            return entry[1] if record.status == "active" else None
+        bot_id = validate_bot_id(bot_id)
+        self._check_open()
+        record = await self._read_through(bot_id)
+        if record is None:
+            return None
+        self._recorder.record(bot_id)
+        return record.config if record.status == "active" else None
 
     async def _get_config_slow(self, bot_id: str) -> FrozenDict | None:
         bot_id = validate_bot_id(bot_id)
@@ -314,10 +383,13 @@ class TieredBackend(BackendBase):
         if found is None:
             try:
                 found = await self._store._get(bot_id, touch=False)
-            except Exception:
+            except Exception as exc:
                 self._store_errors += 1
+                self._store_failed(exc)
                 raise
             self._store_reads += 1
+            if not self._store_up:
+                self._store_answered()
         record = None if found is None or found is ABSENT else found
         assert record is None or isinstance(record, Registration)
         if not tokens:  # the nearest tier answered: nothing to fill
@@ -364,17 +436,48 @@ class TieredBackend(BackendBase):
     async def _register(
         self, bot_id: str, config: FrozenDict, status: str, metadata: FrozenDict | None
     ) -> Registration:
-        commit = partial(self._store._register, bot_id, config, status, metadata)
+        commit = partial(self._watched, partial(self._store._register, bot_id, config, status, metadata))
         return await self._writer.write(bot_id, commit, _registered, put=True)
 
     async def _deactivate(self, bot_id: str) -> bool:
-        return await self._writer.write(bot_id, partial(self._store._deactivate, bot_id), _deactivated)
+        commit = partial(self._watched, partial(self._store._deactivate, bot_id))
+        return await self._writer.write(bot_id, commit, _deactivated)
 
     async def _unregister(self, bot_id: str) -> bool:
-        return await self._writer.write(bot_id, partial(self._store._unregister, bot_id), _unregistered)
+        commit = partial(self._watched, partial(self._store._unregister, bot_id))
+        return await self._writer.write(bot_id, commit, _unregistered)
 
     async def _clear(self) -> None:
-        await self._writer.write(None, self._store._clear, _cleared)
+        await self._writer.write(None, partial(self._watched, self._store._clear), _cleared)
+
+    async def _watched(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """A store write, its outcome noted for :meth:`health`."""
+        try:
+            result = await call()
+        except Exception as exc:
+            self._store_failed(exc)
+            raise
+        if not self._store_up:
+            self._store_answered()
+        return result
+
+    def _store_failed(self, exc: Exception) -> None:
+        """A store call failed: the store is down for :meth:`health`, unless the error is about the
+        input (a caller's mistake says nothing about the store)."""
+        if isinstance(exc, RegistryError) and not isinstance(exc, BackendUnavailableError):
+            return
+        self._store_error = f"{type(exc).__name__}: {exc}"
+        if self._store_up:
+            self._store_up = False
+            self._store_since = time.time()
+
+    def _store_answered(self) -> None:
+        self._store_up = True
+        self._store_since = time.time()
+        self._store_error = None
+
+    async def _invalidate(self, bot_id: str | None) -> None:
+        await self._writer.invalidate(bot_id)
 
     def _mark_stale(self, bot_id: str) -> None:
         """A write of ``bot_id`` committed: a read of it in flight must not fill what it read."""
@@ -526,9 +629,76 @@ class TieredBackend(BackendBase):
             }
         return out
 
+    def health(self) -> dict[str, Any]:
+        """Is the stack working as configured, and if not, which part is not (JSON-ready).
+
+        ``{"status": "up" | "degraded" | "down", "tiers": {name: {...}}, "store": {...},
+        "channel": {...} | None}``. Each part has ``status`` and ``since`` (Unix seconds of its
+        last change of status). A shared tier (Redis): ``down`` while its breaker is open (or
+        half-open), ``degraded`` while it is owed invalidations or failed since its last success,
+        with ``breaker``, ``owed`` and ``owed_everything``. The local tier: ``degraded`` while it is
+        bypassed (the channel is down). The store: ``down`` if its last call failed (``error``). The
+        channel: ``up`` while subscribed (publishing only: while its PUBLISHes go through), with
+        ``drops`` and ``unannounced``. Overall: ``down`` if the store is down or the stack is not
+        open, ``degraded`` if any other part is not up, else ``up``.
+        """
+        channel = self._coherence
+        tiers: dict[str, dict[str, Any]] = {}
+        for name, tier in zip(self._names, self._tiers, strict=True):
+            if tier is self._local:
+                bypassed = self._hot is _NO_ENTRIES
+                since = channel.since if channel is not None and channel.listening else self._started_at
+                tiers[name] = {
+                    "status": "degraded" if bypassed else "up",
+                    "since": since,
+                    "bypassed": bypassed,
+                }
+            else:
+                guard = self._guards[id(tier)]
+                tiers[name] = {
+                    "status": guard.status,
+                    "since": guard.since,
+                    "breaker": guard.state,
+                    "owed": guard.owed_keys + guard.owes_everything,
+                    "owed_everything": guard.owes_everything,
+                }
+        store = {
+            "status": "up" if self._store_up else "down",
+            "since": self._store_since,
+            "error": self._store_error,
+        }
+        channel_health: dict[str, Any] | None = None
+        if channel is not None:
+            channel_health = {
+                "status": channel.status,
+                "since": channel.since,
+                "listening": channel.listening,
+                "drops": channel.drops,
+                "unannounced": self._owed.unannounced,
+            }
+        parts = [*tiers.values(), *([channel_health] if channel_health is not None else [])]
+        if not self.is_open or not self._store_up:
+            status = "down"
+        elif any(part["status"] != "up" for part in parts):
+            status = "degraded"
+        else:
+            status = "up"
+        return {"status": status, "tiers": tiers, "store": store, "channel": channel_health}
+
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
+        """Count a shared tier's failure; log the first of an outage at WARNING, the rest at DEBUG
+        (its end is logged once, by the guard, when the tier is up again)."""
         tier.stats.errors += 1
-        logger.warning("cache tier %r failed during %s; skipped: %r", tier, operation, exc)
+        guard = self._guards.get(id(tier))
+        first = guard is None or guard.note_failure()
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "cache tier %r failed during %s; skipped%s: %r",
+            tier,
+            operation,
+            " until it answers again (further failures at DEBUG; health() has its state)" if first else "",
+            exc,
+        )
 
 
 # What a write changed, from what the store answered (for the change feed and other processes).

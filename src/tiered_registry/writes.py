@@ -46,6 +46,10 @@ _T = TypeVar("_T")
 _FAILED: Final = object()  # the write token of a shared tier that failed just before the commit
 
 
+async def _nothing() -> None:
+    """The commit of an invalidation: the write already happened around the stack."""
+
+
 class PendingWrite:
     """One write of ``bot_id`` (``None``: a clear) from the moment it is started until its tiers
     are updated. ``since`` maps each shared tier's guard to its debt generation at the start;
@@ -202,6 +206,13 @@ class WriteThrough:
         else:
             await self._after_commit.run(steps)
         return result
+
+    async def invalidate(self, bot_id: str | None) -> None:
+        """Forget ``bot_id`` (``None``: everything) in every tier and tell the other processes, as
+        after a write whose commit happened elsewhere (around the stack): the write path with
+        nothing to commit. Kind ``invalidated`` (everything: ``resync``)."""
+        kind: ChangeKind = "invalidated" if bot_id is not None else "resync"
+        await self.write(bot_id, _nothing, lambda _: kind)
 
     async def _begin(self, bot_id: str | None, put: bool) -> PendingWrite:
         """Register the write (contention) and, for a ``put``, take each shared tier's write

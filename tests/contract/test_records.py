@@ -9,7 +9,7 @@ from datetime import UTC
 
 import pytest
 
-from tiered_registry import FrozenDict, Registration, thaw
+from tiered_registry import FrozenDict, InvalidInputError, Registration, thaw
 
 CONFIG = {
     "name": "support-bot",
@@ -253,3 +253,31 @@ async def test_concurrent_writes_of_one_bot_leave_a_whole_record(backend, stack)
     assert record.config == {"writer": writer, "payload": [writer] * 10}
     assert record.metadata == (metadata(writer) or {})
     assert await backend.count_all() == 1
+
+
+async def test_get_active_config_answers_only_for_an_active_bot(backend) -> None:
+    await backend.register("on", {"v": 1})
+    await backend.register("off", {"v": 2}, "inactive")
+    await backend.register("broken", {"v": 3}, "error")
+    for _ in range(2):  # the second time from a cache tier, where there is one
+        assert await backend.get_active_config("on") == {"v": 1}
+        assert await backend.get_active_config("off") is None
+        assert await backend.get_active_config("broken") is None
+        assert await backend.get_active_config("missing") is None
+    await backend.deactivate("on")
+    assert await backend.get_active_config("on") is None
+    assert await backend.get_config("on") == {"v": 1}  # get_config still answers (the contract)
+    with pytest.raises(InvalidInputError):
+        await backend.get_active_config("")
+
+
+async def test_invalidate_keeps_what_the_store_holds(backend) -> None:
+    await backend.register("bot", {"v": 1})
+    assert await backend.get_config("bot") == {"v": 1}
+    await backend.invalidate("bot")
+    assert await backend.get_config("bot") == {"v": 1}
+    await backend.invalidate_all()
+    assert await backend.get_config("bot") == {"v": 1}
+    await backend.invalidate("missing")
+    with pytest.raises(InvalidInputError):
+        await backend.invalidate("")

@@ -30,9 +30,14 @@ class InMemoryBackend(BackendBase):
 
     _recorder: AccessRecorder  # always set: accesses are written behind
 
-    def __init__(self, *, access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL) -> None:
+    def __init__(
+        self, *, access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL, track_access: bool = True
+    ) -> None:
+        """``track_access=False``: ``last_accessed_at`` is never written (reads are unchanged)."""
         self._records: dict[str, Registration] = {}
-        self._recorder = AccessRecorder(self._record_access_times, interval=access_flush_interval)
+        self._recorder = AccessRecorder(
+            self._record_access_times, interval=access_flush_interval, track=track_access
+        )
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(bots={len(self._records)})"

@@ -106,7 +106,7 @@ class PostgresBackend(BackendBase):
     ``connect_timeout`` each connection attempt (an own pool only).
     ``access_flush_interval`` is how long other processes may see an older ``last_accessed_at``
     (accesses are written in batches); in this process ``get`` returns the time of that access and
-    later reads show it too.
+    later reads show it too. ``track_access=False``: ``last_accessed_at`` is never written.
 
     Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
     error as ``__cause__``.
@@ -125,6 +125,7 @@ class PostgresBackend(BackendBase):
         connect_timeout: float = 5.0,
         min_size: int = 1,
         max_size: int = 10,
+        track_access: bool = True,
     ) -> None:
         table = check_identifier(table, "table")
         self._sql = Statements(check_identifier(schema, "schema"), table)
@@ -159,7 +160,9 @@ class PostgresBackend(BackendBase):
         self._min_size = min_size
         self._max_size = max_size
         self._secrets = url_secrets(self._dsn) if self._dsn else []
-        self._recorder = AccessRecorder(self._record_access_times, interval=access_flush_interval)
+        self._recorder = AccessRecorder(
+            self._record_access_times, interval=access_flush_interval, track=track_access
+        )
         # Repeated reads of one config skip parsing and freezing (keyed by the stored text).
         self._decode_config = DecodeCache(_decode_config)
         self._init_lock = asyncio.Lock()  # two tasks initializing one backend must not make two pools

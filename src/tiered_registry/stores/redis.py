@@ -46,6 +46,7 @@ from ..redis_client import (
     DEFAULT_RETRIES,
     DEFAULT_SOCKET_TIMEOUT,
     UNAVAILABLE_ERRORS,
+    ConnectionSetupError,
     describe_source,
     make_client,
     map_redis_errors,
@@ -95,6 +96,7 @@ class RedisBackend(BackendBase):
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        track_access: bool = True,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         if isinstance(access_flush_interval, bool) or not (
@@ -120,7 +122,9 @@ class RedisBackend(BackendBase):
         self._status_keys = {s: f"{tag}:status:{s}" for s in STATUS_ORDER}
         self._index_keys = [self._all_key, *self._status_keys.values()]
         self._scripts = Scripts(self._client, self._bot_prefix, self._all_key, self._status_keys)
-        self._recorder = AccessRecorder(self._record_access_times, interval=float(access_flush_interval))
+        self._recorder = AccessRecorder(
+            self._record_access_times, interval=float(access_flush_interval), track=track_access
+        )
         self._warned_corrupt = False
         self._decode_config = DecodeCache(json_object)  # repeated reads skip parsing and freezing
 
@@ -207,11 +211,14 @@ class RedisBackend(BackendBase):
         """Check the server answers, and load the scripts (so no first call pays a NOSCRIPT retry)."""
         try:
             with self._errors("connect"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.ping()
-                    for source in self._scripts.sources:
-                        pipe.script_load(source)
-                    await pipe.execute()
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        pipe.ping()
+                        for source in self._scripts.sources:
+                            pipe.script_load(source)
+                        await pipe.execute()
+                except ConnectionSetupError as exc:  # a wrong URL or server setting, not an outage
+                    raise ConfigurationError(f"RedisBackend at {self._target}: {exc}") from exc
         except BaseException:
             if self._owned:
                 await self._client.connection_pool.disconnect()

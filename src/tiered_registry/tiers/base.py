@@ -16,14 +16,25 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TypeAlias
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigurationError
 from ..models import Registration
 
-__all__ = ["ABSENT", "TIER_FAILURES", "CacheTier", "Lookup", "TierStats"]
+__all__ = ["ABSENT", "TIER_FAILURES", "CacheTier", "Lookup", "TierStats", "check_seconds"]
 
 TIER_FAILURES: Final = (BackendUnavailableError, OSError, TimeoutError)
 """What a shared tier raises when it cannot be reached; the backend skips the tier for these
 (anything else is a bug, and propagates)."""
+
+
+def check_seconds(value: object, name: str, *, zero_ok: bool = False) -> float:
+    """``value`` as a float if it is a number of seconds (> 0, or >= 0 with ``zero_ok``), else a
+    :class:`ConfigurationError` naming ``name`` (``"LocalCache ttl"``) and what was given."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name}: expected a number of seconds, got {value!r}")
+    if not (value >= 0 if zero_ok else value > 0):  # also rejects NaN
+        bound = ">= 0" if zero_ok else "positive"
+        raise ConfigurationError(f"{name} must be {bound} seconds, got {value!r}")
+    return float(value)
 
 
 class _Absent(enum.Enum):
@@ -74,6 +85,10 @@ class CacheTier(abc.ABC):
 
     async def initialize(self) -> None:  # noqa: B027 - optional hook
         """Connect (idempotent)."""
+
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise (one of :data:`TIER_FAILURES`) if the tier cannot be reached now; a shared tier
+        makes one round trip. Used by ``TieredBackend(strict=True)`` at start."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (idempotent)."""

@@ -37,7 +37,7 @@ from ..errors import ConfigurationError
 from ..frozen import FrozenDict
 from ..models import Registration
 from ..tasks import cancel_and_wait
-from .base import ABSENT, CacheTier, Lookup
+from .base import ABSENT, CacheTier, Lookup, check_seconds
 
 __all__ = ["Entry", "LocalCache"]
 
@@ -88,17 +88,13 @@ class LocalCache(CacheTier):
         super().__init__()
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ConfigurationError(f"LocalCache maxsize must be a positive int, got {maxsize!r}")
-        if not ttl > 0:
-            raise ConfigurationError(f"LocalCache ttl must be positive seconds, got {ttl!r}")
-        if not negative_ttl >= 0:
-            raise ConfigurationError(f"LocalCache negative_ttl must be >= 0 seconds, got {negative_ttl!r}")
+        ttl = check_seconds(ttl, "LocalCache ttl")
+        negative_ttl = check_seconds(negative_ttl, "LocalCache negative_ttl", zero_ok=True)
         if sweep_interval is None:
             shortest = min(ttl, negative_ttl) if negative_ttl > 0 else ttl
             sweep_interval = min(1.0, shortest / 10)
-        elif not sweep_interval > 0:
-            raise ConfigurationError(
-                f"LocalCache sweep_interval must be positive seconds, got {sweep_interval!r}"
-            )
+        else:
+            sweep_interval = check_seconds(sweep_interval, "LocalCache sweep_interval")
         self.maxsize = maxsize
         self.ttl = float(ttl)
         self.negative_ttl = float(negative_ttl)
@@ -167,10 +163,12 @@ class LocalCache(CacheTier):
         self.stats.fills += 1
 
     def delete(self, bot_id: str) -> None:
+        """Forget ``bot_id`` now (no stats counted; :meth:`invalidate` counts one)."""
         self.entries.pop(bot_id, None)
         self._index.pop(bot_id, None)
 
     def delete_all(self) -> None:
+        """Forget every entry now (no stats counted; :meth:`clear` counts one)."""
         self.entries.clear()
         self._index.clear()
 

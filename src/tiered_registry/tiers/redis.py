@@ -33,11 +33,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+import redis.asyncio as aredis
+
 from ..codec import CodecError, DecodeCache, decode_registration, encode_registration
 from ..errors import ConfigurationError
 from ..models import Registration
 from ..redis_client import make_client, map_redis_errors, redact_url, validate_namespace
-from .base import ABSENT, CacheTier, Lookup
+from .base import ABSENT, CacheTier, Lookup, check_seconds
 
 __all__ = ["RedisCache"]
 
@@ -83,7 +85,7 @@ class RedisCache(CacheTier):
 
     def __init__(
         self,
-        url_or_client: Any,
+        url_or_client: str | aredis.Redis,
         *,
         ttl: float = 300.0,
         negative_ttl: float = 5.0,
@@ -97,10 +99,20 @@ class RedisCache(CacheTier):
         registration, keyed by the exact bytes — a repeated hit skips JSON parsing and freezing,
         and can never be stale (other bytes, other key). 0 turns it off."""
         super().__init__()
-        if not ttl > 0:
-            raise ConfigurationError(f"RedisCache ttl must be positive seconds, got {ttl!r}")
-        if not negative_ttl >= 0:
-            raise ConfigurationError(f"RedisCache negative_ttl must be >= 0 seconds, got {negative_ttl!r}")
+        ttl = check_seconds(ttl, "RedisCache ttl")
+        negative_ttl = check_seconds(negative_ttl, "RedisCache negative_ttl", zero_ok=True)
+        for option, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
+            check_seconds(value, f"RedisCache {option}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ConfigurationError(f"RedisCache retries must be an int from 0 to 10, got {retries!r}")
+        if (
+            isinstance(decode_cache_size, bool)
+            or not isinstance(decode_cache_size, int)
+            or decode_cache_size < 0
+        ):
+            raise ConfigurationError(
+                f"RedisCache decode_cache_size must be an int >= 0, got {decode_cache_size!r}"
+            )
         self.namespace = validate_namespace(namespace)
         self.ttl = float(ttl)
         self.negative_ttl = float(negative_ttl)
@@ -143,6 +155,11 @@ class RedisCache(CacheTier):
             self._fill_script = self._client.register_script(_FILL_IF_UNCHANGED)
             self._put_script = self._client.register_script(_PUT_IF_UNCHANGED)
             self._invalidate_script = self._client.register_script(_INVALIDATE)
+
+    async def check(self) -> None:
+        """One ``PING``: :class:`~tiered_registry.BackendUnavailableError` if Redis cannot be reached."""
+        async with map_redis_errors("RedisCache check"):
+            await self._client.ping()
 
     async def close(self) -> None:
         client, self._client = self._client, None
