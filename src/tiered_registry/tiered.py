@@ -43,14 +43,16 @@ from .base import BackendBase
 from .changes import ChangeEvent, ChangeFeed, ChangeKind, Watch, normalize_kind
 from .circuit import TierGuard
 from .errors import BackendUnavailableError, ConfigurationError, RegistryError
+from .flights import RETRY, Flight
 from .frozen import FrozenDict
 from .models import Registration
 from .owed import OwedInvalidations
 from .protocol import CoreRegistryBackend
 from .query import Query
+from .status import StackStatus
 from .stores.foreign import as_store
 from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
-from .tiers.local import Entry, LocalCache
+from .tiers.local import NO_ENTRIES, Entry, LocalCache
 from .validation import validate_bot_id
 from .writes import WriteThrough
 
@@ -60,41 +62,11 @@ if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only 
 __all__ = ["TieredBackend"]
 
 logger = logging.getLogger(__name__)
-_NO_ENTRIES: Final[dict[str, Entry]] = {}
 _SKIPPED: Final = object()  # a shared tier that was skipped (breaker open) or failed
 _T = TypeVar("_T")
 
 
-class _Flight:
-    """One in-progress read of one key, done by the first caller (the leader) for everyone.
-
-    ``stale`` once a write to that key has committed. ``outcome`` is created by the first
-    follower (most reads have none: no future to make) and resolves to ``(record, None)``,
-    ``(None, error)``, or ``_RETRY`` if the leader was cancelled (the followers then try again).
-    """
-
-    __slots__ = ("outcome", "stale")
-
-    def __init__(self) -> None:
-        self.stale = False
-        self.outcome: asyncio.Future[object] | None = None
-
-    def wait(self) -> asyncio.Future[object]:
-        """The outcome to wait for (as a follower)."""
-        if self.outcome is None:
-            self.outcome = asyncio.get_running_loop().create_future()
-        return self.outcome
-
-    def land(self, outcome: object) -> None:
-        """Hand the leader's outcome to the followers, if any."""
-        if self.outcome is not None:
-            self.outcome.set_result(outcome)
-
-
-_RETRY: Final = object()
-
-
-class TieredBackend(BackendBase):
+class TieredBackend(BackendBase, StackStatus):
     """Cache tiers (nearest first) in front of a store; a drop-in :class:`RegistryBackend`.
 
     ``TieredBackend(tiers=[LocalCache(maxsize=10_000, ttl=30), RedisCache(REDIS_URL, ttl=300)],
@@ -140,8 +112,8 @@ class TieredBackend(BackendBase):
         self._tiers = tiers
         self._store = store
         self._local = tiers[0] if tiers and isinstance(tiers[0], LocalCache) else None
-        self._hot: dict[str, Entry] = _NO_ENTRIES  # the local tier's entries while open and trusted
-        self._flights: dict[str, _Flight] = {}
+        self._hot: dict[str, Entry] = NO_ENTRIES  # the local tier's entries while open and trusted
+        self._flights: dict[str, Flight] = {}
         self._recorder = AccessRecorder(
             self._store.record_access_times,
             interval=access_flush_interval,
@@ -248,7 +220,7 @@ class TieredBackend(BackendBase):
         """Close every part, whatever state it is in; errors are logged, not raised. Not
         ``final`` (a failed initialize): the store goes back to *not initialized*, so that
         ``initialize()`` can be tried again once the server is up."""
-        self._hot = _NO_ENTRIES
+        self._hot = NO_ENTRIES
         steps: list[Callable[[], Awaitable[None]]] = [self._owed.stop, self._recorder.stop]
         if self._coherence is not None:
             steps.insert(0, self._coherence.stop)
@@ -327,7 +299,7 @@ class TieredBackend(BackendBase):
         return None if record is None else record.config
 
     async def _read_through(self, bot_id: str) -> Registration | None:
-        if self._local is not None and self._hot is not _NO_ENTRIES:
+        if self._local is not None and self._hot is not NO_ENTRIES:
             entry = self._local.get_entry(bot_id)
             if entry is not None:
                 self._hot_hits += 1
@@ -336,7 +308,7 @@ class TieredBackend(BackendBase):
             # A read of this key is in flight: wait for its outcome (shielded, so that our own
             # cancellation does not cancel it for the others).
             outcome = await asyncio.shield(flight.wait())
-            if outcome is not _RETRY:
+            if outcome is not RETRY:
                 assert isinstance(outcome, tuple)
                 answer: Registration | None = outcome[0]
                 error: Exception | None = outcome[1]
@@ -344,12 +316,12 @@ class TieredBackend(BackendBase):
                     raise error
                 return answer
         # We lead: the read happens in our own task (no task per miss), the others wait for it.
-        flight = _Flight()
+        flight = Flight()
         self._flights[bot_id] = flight
         try:
             record = await self._load(bot_id, flight)
         except asyncio.CancelledError:
-            flight.land(_RETRY)
+            flight.land(RETRY)
             raise
         except Exception as exc:
             flight.land((None, exc))
@@ -361,13 +333,13 @@ class TieredBackend(BackendBase):
             if self._flights.get(bot_id) is flight:
                 del self._flights[bot_id]
 
-    async def _load(self, bot_id: str, flight: _Flight) -> Registration | None:
+    async def _load(self, bot_id: str, flight: Flight) -> Registration | None:
         """Ask the tiers nearest first, then the store; fill the tiers above the one that answered."""
         tokens: list[object] = []
         found: Lookup = None
         for tier in self._tiers:
             if tier is self._local:
-                if self._hot is _NO_ENTRIES:
+                if self._hot is NO_ENTRIES:
                     tokens.append(_SKIPPED)  # the local tier is bypassed (closed or not trusted)
                     continue
                 found, token = await tier.lookup(bot_id)
@@ -519,7 +491,7 @@ class TieredBackend(BackendBase):
                 self._changes.emit(None, "resync", remote=True)
             self._channel_was_up = True
         if self._local is not None and not self._closing:
-            self._hot = self._local.entries if up else _NO_ENTRIES
+            self._hot = self._local.entries if up else NO_ENTRIES
 
     # ---- the change feed (see changes.py) -----------------------------------------------------
 
@@ -582,108 +554,6 @@ class TieredBackend(BackendBase):
         self._check_open()
         await self._recorder.flush()
         await self._store.flush_accesses()
-
-    # ---- statistics ----------------------------------------------------------------------------
-
-    @property
-    def channel(self) -> InvalidationChannel | None:
-        """The cross-process invalidation channel, or ``None`` (a stack without Redis, or
-        ``coherence=False``). Read-only use: its counters and ``lag`` histogram."""
-        return self._coherence
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Counters as plain dicts of ints, read when called (nothing is added to the hot path).
-
-        One dict per tier, nearest first, under the tier's name: ``hits``, ``misses``, ``fills``,
-        ``evictions``, ``expirations``, ``invalidations``, ``errors``; the local tier also has
-        ``entries`` (how many it holds now); each shared tier ``circuit_open`` (1 while its breaker
-        is open or half-open), ``circuit_opened`` (times it opened), ``owed`` (invalidations owed
-        to it: bots, or 1 for a clear) and ``owed_everything`` (1 if a clear is owed). Then
-        ``store``: ``reads``, ``errors``; and with an invalidation channel, ``channel``:
-        ``published``, ``received``, ``publish_errors``, ``drops``, ``up`` (1 while subscribed),
-        ``unannounced`` (invalidations not published yet: owed to the other processes).
-        """
-        out: dict[str, dict[str, int]] = {}
-        for name, tier in zip(self._names, self._tiers, strict=True):
-            counters = tier.stats.as_dict()
-            if tier is self._local:
-                counters["hits"] += self._hot_hits
-                counters["entries"] = len(self._local.entries)
-            else:
-                guard = self._guards[id(tier)]
-                counters["circuit_open"] = int(guard.is_open)
-                counters["circuit_opened"] = guard.opened
-                counters["owed"] = guard.owed_keys + guard.owes_everything
-                counters["owed_everything"] = int(guard.owes_everything)
-            out[name] = counters
-        out["store"] = {"reads": self._store_reads, "errors": self._store_errors}
-        channel = self._coherence
-        if channel is not None:
-            out["channel"] = {
-                "published": channel.published,
-                "received": channel.received,
-                "publish_errors": channel.publish_errors,
-                "drops": channel.drops,
-                "up": int(channel.is_up),
-                "unannounced": self._owed.unannounced,
-            }
-        return out
-
-    def health(self) -> dict[str, Any]:
-        """Is the stack working as configured, and if not, which part is not (JSON-ready).
-
-        ``{"status": "up" | "degraded" | "down", "tiers": {name: {...}}, "store": {...},
-        "channel": {...} | None}``. Each part has ``status`` and ``since`` (Unix seconds of its
-        last change of status). A shared tier (Redis): ``down`` while its breaker is open (or
-        half-open), ``degraded`` while it is owed invalidations or failed since its last success,
-        with ``breaker``, ``owed`` and ``owed_everything``. The local tier: ``degraded`` while it is
-        bypassed (the channel is down). The store: ``down`` if its last call failed (``error``). The
-        channel: ``up`` while subscribed (publishing only: while its PUBLISHes go through), with
-        ``drops`` and ``unannounced``. Overall: ``down`` if the store is down or the stack is not
-        open, ``degraded`` if any other part is not up, else ``up``.
-        """
-        channel = self._coherence
-        tiers: dict[str, dict[str, Any]] = {}
-        for name, tier in zip(self._names, self._tiers, strict=True):
-            if tier is self._local:
-                bypassed = self._hot is _NO_ENTRIES
-                since = channel.since if channel is not None and channel.listening else self._started_at
-                tiers[name] = {
-                    "status": "degraded" if bypassed else "up",
-                    "since": since,
-                    "bypassed": bypassed,
-                }
-            else:
-                guard = self._guards[id(tier)]
-                tiers[name] = {
-                    "status": guard.status,
-                    "since": guard.since,
-                    "breaker": guard.state,
-                    "owed": guard.owed_keys + guard.owes_everything,
-                    "owed_everything": guard.owes_everything,
-                }
-        store = {
-            "status": "up" if self._store_up else "down",
-            "since": self._store_since,
-            "error": self._store_error,
-        }
-        channel_health: dict[str, Any] | None = None
-        if channel is not None:
-            channel_health = {
-                "status": channel.status,
-                "since": channel.since,
-                "listening": channel.listening,
-                "drops": channel.drops,
-                "unannounced": self._owed.unannounced,
-            }
-        parts = [*tiers.values(), *([channel_health] if channel_health is not None else [])]
-        if not self.is_open or not self._store_up:
-            status = "down"
-        elif any(part["status"] != "up" for part in parts):
-            status = "degraded"
-        else:
-            status = "up"
-        return {"status": status, "tiers": tiers, "store": store, "channel": channel_health}
 
     def _tier_failed(self, tier: CacheTier, operation: str, exc: BaseException) -> None:
         """Count a shared tier's failure; log the first of an outage at WARNING, the rest at DEBUG

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from cachetools import TLRUCache
 
@@ -43,6 +43,9 @@ __all__ = ["Entry", "LocalCache"]
 
 Entry: TypeAlias = tuple[Registration | None, FrozenDict | None, float]
 """``(record or None for a remembered miss, its frozen config, monotonic deadline)``."""
+
+NO_ENTRIES: Final[dict[str, Entry]] = {}
+"""What a backend reads instead of ``entries`` while its local tier is bypassed (always empty)."""
 
 _monotonic = time.monotonic
 
