@@ -12,9 +12,14 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
+
+from tiered_registry import LocalCache, TieredBackend
+from tiered_registry.stores.postgres import PostgresBackend
+from tiered_registry.tiers.redis import RedisCache
 
 from .services import database_url, redis_url
 
@@ -70,3 +75,55 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[
 def namespace() -> str:
     """A name no other test (or concurrent test run) uses: a Redis key prefix or a table name."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+MakeStack = Callable[..., Awaitable[TieredBackend]]
+
+
+@pytest.fixture
+async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
+    """``local -> redis cache -> postgres`` on the test's namespace and table; each call builds
+    (and initializes) one more instance: another process's view. All are closed afterwards, the
+    namespace cleared and the table dropped.
+
+    ``redis``: the tier's Redis URL (``None``: no Redis tier); ``local``: a ``LocalCache``, or
+    ``False`` for none; ``local_ttl``; ``store_options`` for the ``PostgresBackend``; any other
+    keyword goes to ``TieredBackend``.
+    """
+    built: list[TieredBackend] = []
+
+    async def make(
+        *,
+        redis: str | None = redis_url,
+        local: LocalCache | bool = True,
+        local_ttl: float = 300,
+        store_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> TieredBackend:
+        tiers: list[LocalCache | RedisCache] = []
+        if local is True:
+            tiers.append(LocalCache(ttl=local_ttl))
+        elif isinstance(local, LocalCache):
+            tiers.append(local)
+        if redis is not None:
+            tiers.append(RedisCache(redis, ttl=300, namespace=namespace))
+        stack = TieredBackend(
+            tiers=tiers,
+            store=PostgresBackend(database_url, table=namespace, **(store_options or {})),
+            **options,
+        )
+        await stack.initialize()
+        built.append(stack)
+        return stack
+
+    yield make
+    for stack in built:
+        await stack.close()
+    cleaner = TieredBackend(
+        tiers=[RedisCache(redis_url, namespace=namespace)],
+        store=PostgresBackend(database_url, table=namespace),
+        coherence=False,
+    )
+    async with cleaner:
+        await cleaner.clear()
+        await cleaner.store.drop()  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ import asyncio
 import importlib.util
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +17,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tiered_registry import LocalCache, TieredBackend
 from tiered_registry.changes import ChangeEvent, Watch
-from tiered_registry.stores.postgres import PostgresBackend
-from tiered_registry.tiers.redis import RedisCache
 
 from .faults_support import wait_channel_up
 from .test_coherence import _kill_subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
-MakeStack = Callable[..., Awaitable[TieredBackend]]
-
-
-@pytest.fixture
-async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
-    built: list[TieredBackend] = []
-
-    async def make(*, local: bool = True) -> TieredBackend:
-        tiers = [LocalCache(ttl=300)] if local else []
-        stack = TieredBackend(
-            tiers=[*tiers, RedisCache(redis_url, ttl=300, namespace=namespace)],
-            store=PostgresBackend(database_url, table=namespace),
-        )
-        await stack.initialize()
-        built.append(stack)
-        return stack
-
-    yield make
-    for stack in built:
-        await stack.close()
-    cleaner = TieredBackend(
-        tiers=[RedisCache(redis_url, namespace=namespace)],
-        store=PostgresBackend(database_url, table=namespace),
-        coherence=False,
-    )
-    async with cleaner:
-        await cleaner.clear()
-        await cleaner.store.drop()  # type: ignore[attr-defined]
 
 
 async def _next(watch: Watch, timeout: float = 5.0) -> ChangeEvent:  # noqa: ASYNC109

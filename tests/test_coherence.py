@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -25,36 +25,6 @@ from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
 WORKER = Path(__file__).with_name("coherence_worker.py")
-
-MakeStack = Callable[..., Awaitable[TieredBackend]]
-
-
-@pytest.fixture
-async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
-    """local -> redis cache -> postgres on the test's namespace (each instance: another process's view)."""
-    built: list[TieredBackend] = []
-
-    async def make(*, redis: str | None = None, local_ttl: float = 300) -> TieredBackend:
-        stack = TieredBackend(
-            tiers=[LocalCache(ttl=local_ttl), RedisCache(redis or redis_url, ttl=300, namespace=namespace)],
-            store=PostgresBackend(database_url, table=namespace),
-        )
-        await stack.initialize()
-        built.append(stack)
-        return stack
-
-    yield make
-    for stack in built:
-        await stack.close()
-    # Remove what the test left, with fresh parts (the stacks have flushed and closed by now).
-    cleaner = TieredBackend(
-        tiers=[RedisCache(redis_url, namespace=namespace)],
-        store=PostgresBackend(database_url, table=namespace),
-        coherence=False,
-    )
-    async with cleaner:
-        await cleaner.clear()
-        await cleaner.store.drop()  # type: ignore[attr-defined]
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:  # noqa: ASYNC109

@@ -8,7 +8,7 @@ import itertools
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +21,7 @@ from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-MakeStack = Callable[..., Awaitable[TieredBackend]]
+
 CHANNEL_SERIES = (
     "tiered_registry_invalidations_",
     "tiered_registry_channel_",
@@ -46,33 +46,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
-
-
-@pytest.fixture
-async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
-    """Stacks on the test's namespace (each instance: another process's view); removes what they left."""
-    built: list[TieredBackend] = []
-
-    async def make(*, redis: str | None = redis_url, local: LocalCache | None = None) -> TieredBackend:
-        tiers: list[LocalCache | RedisCache] = [local or LocalCache(ttl=300)]
-        if redis is not None:
-            tiers.append(RedisCache(redis, ttl=300, namespace=namespace))
-        stack = TieredBackend(tiers=tiers, store=PostgresBackend(database_url, table=namespace))
-        await stack.initialize()
-        built.append(stack)
-        return stack
-
-    yield make
-    for stack in built:
-        await stack.close()
-    cleaner = TieredBackend(
-        tiers=[RedisCache(redis_url, namespace=namespace)],
-        store=PostgresBackend(database_url, table=namespace),
-        coherence=False,
-    )
-    async with cleaner:
-        await cleaner.clear()
-        await cleaner.store.drop()  # type: ignore[attr-defined]
 
 
 async def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -24,37 +25,15 @@ from tiered_registry.stores.memory import InMemoryBackend
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
-WORKER = Path(__file__).with_name("coherence_worker.py")
+from .conftest import MakeStack
 
-MakeStack = Callable[..., Awaitable[TieredBackend]]
+WORKER = Path(__file__).with_name("coherence_worker.py")
 
 
 @pytest.fixture
-async def make_stack(redis_url: str, database_url: str, namespace: str) -> AsyncIterator[MakeStack]:
-    """local -> redis cache -> postgres on the test's namespace and table (each: another process's view)."""
-    built: list[TieredBackend] = []
-
-    async def make(**options: object) -> TieredBackend:
-        stack = TieredBackend(
-            tiers=[LocalCache(ttl=300), RedisCache(redis_url, ttl=300, namespace=namespace)],
-            store=PostgresBackend(database_url, table=namespace, access_flush_interval=0.05),
-            **options,  # type: ignore[arg-type]
-        )
-        await stack.initialize()
-        built.append(stack)
-        return stack
-
-    yield make
-    for stack in built:
-        await stack.close()
-    cleaner = TieredBackend(
-        tiers=[RedisCache(redis_url, namespace=namespace)],
-        store=PostgresBackend(database_url, table=namespace),
-        coherence=False,
-    )
-    async with cleaner:
-        await cleaner.clear()
-        await cleaner.store.drop()  # type: ignore[attr-defined]
+def make_stack(make_stack: MakeStack) -> MakeStack:
+    """The shared ``make_stack``, with accesses flushed every 50 ms."""
+    return functools.partial(make_stack, store_options={"access_flush_interval": 0.05})
 
 
 async def _admin_sql(database_url: str, statement: str, *args: object) -> None:
