@@ -1,4 +1,5 @@
-"""The ``tiered-registry`` command. ``tiered-registry bench`` measures every backend combination.
+"""The ``tiered-registry`` command. ``tiered-registry bench`` measures every backend combination;
+the operator's commands (``get``, ``set``, ``list``, ``export``, ...) are in :mod:`tiered_registry.operate`.
 
 Thin on purpose: argument parsing and output here; the measuring is in :mod:`tiered_registry.bench`
 (shared with the pytest-benchmark suite in ``benchmarks/``).
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, operate
 from .bench.results import BenchOptions, BenchResult, Endpoints, Progress, redact_url
 from .bench.runner import new_run_prefix, run_bench, steps_for
 from .bench.stacks import STACKS, StackSpec, parse_stacks
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.png|FILE.svg",
         help="draw median and p99 get_config latency per stack (log scale)",
     )
+    operate.add_commands(commands)  # get, set, list, ..., export, import
     return parser
 
 
@@ -401,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     install_sigterm_handler()  # SIGTERM -> SystemExit, so embedded servers are stopped too
     try:
+        if args.command in operate.COMMANDS:
+            return operate.run(args)
         if args.command == "bench":
             return _bench(args, started)
     except KeyboardInterrupt:

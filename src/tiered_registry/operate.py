@@ -1,0 +1,378 @@
+"""The operator's subcommands of ``tiered-registry``: inspect and edit a registry from the shell.
+
+``get``, ``set``, ``list``, ``count``, ``deactivate``, ``unregister``, ``invalidate``, ``health``,
+``stats``, ``export`` and ``import``, each against the stack spec the service uses: ``--stack
+FILE`` (JSON, as given to :func:`~tiered_registry.create_backend`) or ``--store URL`` with an
+optional ``--cache URL`` (a Redis tier, so that writes and invalidations reach the service's
+caches). Output is JSON (one record per line for lists); errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .base import BackendBase
+from .errors import BackendUnavailableError, ConfigurationError, InvalidInputError, RegistryError
+from .factory import create_backend
+from .models import Registration
+from .validation import STATUSES, validate_config, validate_metadata
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "add_commands",
+    "run",
+]
+
+EXIT_OK: Final = 0
+EXIT_NOT_FOUND: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_HEALTH: Final = {"up": 0, "degraded": 1, "down": 2}
+
+EXIT_CODES_HELP: Final = """\
+exit status:
+  0    done
+  1    not found (get, unregister, deactivate of a bot that is not registered)
+  2    bad usage or input: options, a stack spec or a config that is not valid (one line on stderr)
+  3    unavailable: a server of the stack cannot be reached (--stack/--cache tiers fail fast),
+       or a write reached the store but not every cache (the stack degraded meanwhile)
+  health only: 0 up, 1 degraded, 2 down (its JSON is printed in every case)
+"""
+
+_STACK_HELP: Final = """\
+The registry is given as --stack FILE, a JSON stack spec as passed to create_backend(), e.g.
+  {"tiers": ["local", {"type": "redis", "url": "redis://cache:6379", "namespace": "bots"}],
+   "store": {"type": "postgres", "dsn": "postgresql://app@db/bots", "table": "bots"}}
+or as --store URL (memory is useless here: a new process starts empty) with an optional
+--cache URL (a Redis tier, with its default namespace unless --stack says otherwise).
+Give the service's Redis tier too: writes and invalidations then drop the service's cached copies
+(every process, over the invalidation channel). A stack with tiers is started with strict=true
+unless its file says otherwise: an unreachable Redis is an error (exit 3), not a lost invalidation.
+"""
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself (a file, a JSON document): exit 2, one line on stderr."""
+
+
+def _parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_mutually_exclusive_group(required=True)
+    group.add_argument("--stack", metavar="FILE", help="JSON stack spec, as given to create_backend()")
+    group.add_argument("--store", metavar="URL", help="the store: a postgresql:// or redis:// URL")
+    parent.add_argument("--cache", metavar="URL", help="with --store: a Redis cache tier (redis:// URL)")
+    return parent
+
+
+COMMANDS: Final = (
+    "get",
+    "set",
+    "list",
+    "count",
+    "deactivate",
+    "unregister",
+    "invalidate",
+    "health",
+    "stats",
+    "export",
+    "import",
+)
+
+
+def add_commands(commands: Any) -> None:
+    """Add the operator subcommands to ``commands`` (the ``add_subparsers()`` of the main parser)."""
+    parent = _parent()
+
+    def add(name: str, help_text: str, examples: str = "") -> argparse.ArgumentParser:
+        epilog = EXIT_CODES_HELP + (f"\nexamples:\n{examples}" if examples else "")
+        return commands.add_parser(  # type: ignore[no-any-return]
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}.\n\n{_STACK_HELP}",
+            epilog=epilog,
+            parents=[parent],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    get = add(
+        "get",
+        "print a bot's registration as JSON (not an access)",
+        "  tiered-registry get bot-1 --stack stack.json\n",
+    )
+    get.add_argument("bot_id", metavar="BOT")
+
+    set_ = add(
+        "set",
+        "create or replace a bot's config (JSON from --config FILE or stdin); prints the registration",
+        "  tiered-registry set bot-1 --stack stack.json --config bot-1.json\n"
+        '  echo \'{"model": "small"}\' | tiered-registry set bot-1 --store postgresql://app@db/bots\n',
+    )
+    set_.add_argument("bot_id", metavar="BOT")
+    set_.add_argument(
+        "--config", metavar="FILE", default="-", help="the config, a JSON object ('-': stdin, the default)"
+    )
+    set_.add_argument(
+        "--status",
+        choices=sorted(STATUSES),
+        help="the status (default: kept for a registered bot, else active)",
+    )
+    set_.add_argument(
+        "--metadata", metavar="FILE", help="replace the metadata with this JSON object (default: kept)"
+    )
+
+    list_ = add("list", "print registrations as JSON lines, ordered by bot id")
+    list_.add_argument("--status", choices=sorted(STATUSES), help="only bots of this status")
+    list_.add_argument("--limit", type=_positive_int, metavar="N", help="at most N registrations")
+
+    count = add("count", "print how many registrations there are")
+    count.add_argument("--status", choices=sorted(STATUSES), help="only bots of this status")
+
+    deactivate = add("deactivate", "set a bot's status to inactive (exit 1 if it is not registered)")
+    deactivate.add_argument("bot_id", metavar="BOT")
+
+    unregister = add("unregister", "delete a bot for good (exit 1 if it is not registered)")
+    unregister.add_argument("bot_id", metavar="BOT")
+
+    invalidate = add(
+        "invalidate",
+        "drop cached copies of a bot (or --all) after a write made around the stack (SQL, a migration)",
+        "  tiered-registry invalidate bot-1 --stack stack.json\n"
+        "  tiered-registry invalidate --all --stack stack.json\n",
+    )
+    invalidate.add_argument("bot_id", metavar="BOT", nargs="?")
+    invalidate.add_argument("--all", action="store_true", help="every bot: empty every tier")
+
+    add("health", "print the stack's health as JSON; exit 0 up, 1 degraded, 2 down")
+    add("stats", "print the stack's counters as JSON (those of this command's own process)")
+
+    add(
+        "export",
+        "print every registration as JSON lines (streamed, ordered by bot id)",
+        "  tiered-registry export --stack stack.json > bots.jsonl\n",
+    )
+    import_ = add(
+        "import",
+        "register each registration of a JSON-lines file (as written by export); all are checked first",
+        "  tiered-registry import --stack stack.json bots.jsonl\n",
+    )
+    import_.add_argument(
+        "file", metavar="FILE", nargs="?", default="-", help="JSON lines ('-': stdin, the default)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_text(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path!r}: {exc}") from None
+
+
+def _read_json(path: str, what: str) -> Any:
+    text = _read_text(path, what)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        source = "stdin" if path == "-" else repr(path)
+        raise UsageError(f"{what} {source} is not valid JSON: {exc}") from None
+
+
+def stack_spec(args: argparse.Namespace) -> Any:
+    """The spec given to :func:`create_backend`: the ``--stack`` file or ``--store``/``--cache``."""
+    if args.stack is not None:
+        if args.cache is not None:
+            raise UsageError("--cache goes with --store; with --stack, list the tier in the file")
+        spec = _read_json(args.stack, "stack file")
+        if not isinstance(spec, str | dict):
+            raise UsageError(f"stack file {args.stack!r}: expected a JSON object or a URL string")
+        if isinstance(spec, dict) and spec.get("tiers"):
+            spec.setdefault("strict", True)
+        return spec
+    if args.cache is not None:
+        return {"tiers": [args.cache], "store": args.store, "strict": True}
+    return args.store
+
+
+def _line(data: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(data) + b"\n")
+
+
+def _record(record: Registration) -> None:
+    _line(record.to_dict())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator subcommand ``args.command``; returns the exit status."""
+    if args.command == "invalidate" and (args.all == (args.bot_id is not None)):
+        return _fail("invalidate: give either BOT or --all", EXIT_USAGE)
+    try:
+        spec = stack_spec(args)
+        # everything read from stdin/files is read and checked before any server is contacted
+        prepared = _prepare(args)
+        backend = create_backend(spec)
+    except (UsageError, InvalidInputError, ConfigurationError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        return asyncio.run(_run(args, backend, prepared))
+    except (InvalidInputError, ConfigurationError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except BackendUnavailableError as exc:
+        return _fail(f"unavailable: {exc}", EXIT_UNAVAILABLE)
+    except RegistryError as exc:
+        return _fail(f"{type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
+    finally:
+        sys.stdout.flush()
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"tiered-registry: {' '.join(message.split())}", file=sys.stderr)
+    return status
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    """The input of ``set`` / ``import``, validated (raises UsageError / InvalidInputError)."""
+    if args.command == "set":
+        config = validate_config(_read_json(args.config, "config"))
+        metadata = None if args.metadata is None else validate_metadata(_read_json(args.metadata, "metadata"))
+        return config, metadata
+    if args.command == "import":
+        return _read_import(args.file)
+    return None
+
+
+def _read_import(path: str) -> list[Registration]:
+    records: list[Registration] = []
+    seen: dict[str, int] = {}
+    source = "stdin" if path == "-" else path
+    for number, line in enumerate(_read_text(path, "import file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"{source}:{number}: not valid JSON: {exc}") from None
+        try:
+            record = Registration.from_dict(data)
+        except InvalidInputError as exc:
+            raise UsageError(f"{source}:{number}: {exc}") from None
+        if record.bot_id in seen:
+            raise UsageError(
+                f"{source}:{number}: bot {record.bot_id!r} already on line {seen[record.bot_id]}"
+            )
+        seen[record.bot_id] = number
+        records.append(record)
+    return records
+
+
+async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) -> int:
+    command = args.command
+    if command == "health":
+        return await _health(backend)
+    async with backend:
+        if command == "get":
+            record = await backend.peek(args.bot_id)
+            if record is None:
+                return _fail(f"no bot {args.bot_id!r}", EXIT_NOT_FOUND)
+            _record(record)
+        elif command == "set":
+            config, metadata = prepared
+            status = args.status
+            if status is None:
+                existing = await backend.peek(args.bot_id)
+                status = "active" if existing is None else existing.status
+            _record(await backend.register(args.bot_id, config, status, metadata=metadata))
+        elif command == "list":
+            for record in await backend.list_all(status=args.status, limit=args.limit):
+                _record(record)
+        elif command == "count":
+            _line(await backend.count_all(status=args.status))
+        elif command in ("deactivate", "unregister"):
+            write = backend.deactivate if command == "deactivate" else backend.unregister
+            if not await write(args.bot_id):
+                return _fail(f"no bot {args.bot_id!r}", EXIT_NOT_FOUND)
+        elif command == "invalidate":
+            if args.all:
+                await backend.invalidate_all()
+            else:
+                await backend.invalidate(args.bot_id)
+        elif command == "stats":
+            stats = getattr(backend, "stats", None)
+            _line(stats() if stats is not None else {})
+        elif command == "export":
+            async for record in backend.stream():
+                _record(record)
+        elif command == "import":
+            records: list[Registration] = prepared
+            for record in records:
+                await backend.register(record.bot_id, record.config, record.status, metadata=record.metadata)
+            print(f"imported {len(records)} registration(s)", file=sys.stderr)
+        if command in _WRITES:
+            return _after_write(backend)
+    return EXIT_OK
+
+
+_WRITES: Final = frozenset({"set", "deactivate", "unregister", "invalidate", "import"})
+
+
+def _after_write(backend: BackendBase) -> int:
+    """A write went to the store, but did it reach every cache? A stack that degraded during the
+    command (Redis lost) owes invalidations this process will not live to pay: say so, exit 3."""
+    health = getattr(backend, "health", None)
+    if health is None:
+        return EXIT_OK
+    report = health()
+    if report.get("status") == "up":
+        return EXIT_OK
+    parts = [
+        f"{name} {part['status']}" for name, part in report.get("tiers", {}).items() if part["status"] != "up"
+    ]
+    channel = report.get("channel")
+    if channel is not None and channel.get("status") != "up":
+        parts.append(f"channel {channel['status']}")
+    return _fail(
+        f"written to the store, but the stack is {report.get('status')} ({', '.join(parts) or 'store'}):"
+        " cached copies may be stale; run 'invalidate' again once it is up",
+        EXIT_UNAVAILABLE,
+    )
+
+
+async def _health(backend: BackendBase) -> int:
+    """The stack's health() once started; a stack that cannot start is ``down``, with the error."""
+    report: Mapping[str, Any]
+    try:
+        await backend.initialize()
+    except BackendUnavailableError as exc:
+        report = {"status": "down", "error": " ".join(str(exc).split())}
+    else:
+        try:
+            health = getattr(backend, "health", None)
+            report = health() if health is not None else {"status": "up"}
+        finally:
+            await backend.close()
+    _line(report)
+    return EXIT_HEALTH.get(str(report.get("status")), EXIT_HEALTH["down"])
