@@ -212,8 +212,12 @@ class AccessRecorder:
     async def _run(self) -> None:
         failed = 0  # flushes failed in a row: an outage is logged once, not every interval
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow the cancellation
+            # that stop() sends when the event is set at the same moment, and stop() then waits
+            # for ever (seen once in CI as a close() that hung).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
