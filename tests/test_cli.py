@@ -27,7 +27,7 @@ import redis.asyncio as redis
 from tiered_registry.bench.stacks import STACKS
 from tiered_registry.cli import EXIT_INTERRUPTED, EXIT_NOTHING_MEASURED, build_parser, main
 
-TINY = ["--bots", "20", "--duration", "0.05", "--concurrency", "4"]
+TINY = ["--bots", "20", "--duration", "0.05", "--concurrency", "1,4"]
 # One stack of each kind: in-process, PostgreSQL store, Redis tier, and all tiers at once.
 SERVER_STACKS = "memory,postgres,local+memory,local+postgres,redis-cache+postgres,local+redis-cache+postgres"
 
@@ -111,7 +111,17 @@ def test_json_figures_are_complete_and_sane(redis_url: str, database_url: str) -
         for figure in ("get_config", "miss", "register", "deactivate", "read_after_invalidation"):
             _positive_latency(stack[figure])
         assert stack["throughput"]["ops_per_s"] > 0
-        assert stack["throughput"]["concurrency"] == 4
+        assert stack["throughput"]["concurrency"] == 4  # the highest level of the sweep
+        # The sweep: each level, its floor at the same level timed alongside, the ratio of the two.
+        assert [point["concurrency"] for point in stack["sweep"]] == [1, 4]
+        for point in stack["sweep"]:
+            assert point["ops_per_s"] > 0
+            assert point["floor"]["concurrency"] == point["concurrency"]
+            assert point["floor_name"] == stack["floor"]  # every bot fits in the local tier
+            assert point["floor"]["ops_per_s"] > 0
+            assert point["ratio_to_floor"] == pytest.approx(
+                point["ops_per_s"] / point["floor"]["ops_per_s"], rel=0.01
+            )
         # The ratio is to the floor timed in alternation with the stack, same method (batches or calls).
         paired = stack["paired_floor"]
         _positive_latency(paired)
@@ -128,6 +138,17 @@ def test_json_figures_are_complete_and_sane(redis_url: str, database_url: str) -
     assert stacks["redis-cache+postgres"]["floor"] == "redis_get"
     assert stacks["redis-cache+postgres"]["tier_stats"]["redis"]["hits"] > 0
     assert stacks["postgres"]["floor"] == "pg_select"
+    # Every tier's hit ratio over the sweep (every bot fits in every tier: all hits).
+    assert stacks["local+redis-cache+postgres"]["hit_ratio"]["local"] == 1.0
+    assert stacks["redis-cache+postgres"]["hit_ratio"] == {"redis": 1.0, "store": 0.0}
+    assert stacks["postgres"]["hit_ratio"] == {}
+    # The throughput floors at each level: the asyncpg one holds as many connections as the store's pool.
+    assert data["settings"]["concurrency"] == [1, 4]
+    assert data["pg_floor_connections"] == 10
+    assert data["redis_floor_connections"] == 100  # redis-py's default pool limit, above the 4 tasks
+    for name in ("dict", "redis_get", "pg_select"):
+        assert list(data["throughput_floors"][name]) == ["1", "4"], name
+        assert all(ops > 0 for ops in data["throughput_floors"][name].values())
     assert data["skipped"] == []
     assert data["warnings"] == []
     assert data["wall_seconds"] > 0
@@ -140,6 +161,32 @@ def test_json_figures_are_complete_and_sane(redis_url: str, database_url: str) -
     keys, tables = asyncio.run(_leftovers(data["namespace"], redis_url, database_url))
     assert keys == []
     assert tables == []
+
+
+def test_zipf_working_set_larger_than_the_local_tier(redis_url: str, database_url: str) -> None:
+    """--bots N --local-size M --distribution zipf: the local tier misses some reads (M < N), the
+    Redis tier serves them, and the hit ratio of each tier is in the table and the JSON."""
+    result = _bench(
+        "--stacks", "local+redis-cache+postgres", "--bots", "300", "--local-size", "30",
+        "--distribution", "zipf", "--duration", "0.1", "--concurrency", "1,8",
+        "--redis-url", redis_url, "--postgres-dsn", database_url, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["settings"]["local_size"] == 30
+    assert data["settings"]["distribution"] == "zipf"
+    (stack,) = data["stacks"]
+    ratios = stack["hit_ratio"]
+    # Zipf-skewed reads: the 30 hottest of 300 bots take most of them, not all.
+    assert 0.3 < ratios["local"] < 0.99, ratios
+    assert ratios["redis"] > 0.9, ratios  # every bot is in Redis
+    assert ratios["store"] < 0.1, ratios
+    assert stack["tier_stats"]["local"]["entries"] <= 30
+    # The local tier misses: throughput is compared with the floor of what serves the misses.
+    assert [point["floor_name"] for point in stack["sweep"]] == ["redis_get", "redis_get"]
+    assert data["warnings"] == []  # a local tier smaller than the working set is no warning
+    assert re.search(r"local → redis-cache → postgres +[0-9.]+ % +[0-9.]+ % +[0-9.]+ %", result.stderr)
+    assert "zipf" in result.stderr
 
 
 def test_table_and_plot_without_servers(tmp_path: Path) -> None:
@@ -221,7 +268,9 @@ def test_output_is_complete_at_80_columns_and_when_piped() -> None:
     result = _bench("--stacks", stacks, *TINY, env={**_env(), "COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout
-    table_lines = [line for line in result.stdout.splitlines() if "µs" in line and ":" not in line]
+    table_lines = [
+        line for line in result.stdout.splitlines() if ("µs" in line or "/s" in line) and ":" not in line
+    ]
     assert table_lines, result.stdout
     assert max(len(line) for line in table_lines) <= 80, result.stdout
     for label in ("memory", "local → memory", "floor: async dict lookup"):
@@ -230,13 +279,18 @@ def test_output_is_complete_at_80_columns_and_when_piped() -> None:
     headers = ("median", "p99", "vs floor", "calls/s", "miss (cold)", "register", "deactivate", "next read")
     for header in headers:
         assert header in result.stdout
+    # The throughput table: a row per stack and level, with the floor's calls/s at the same level.
+    assert re.search(
+        r"^local → memory +1 +[0-9.]+ [kM]?/s +[0-9.]+ [kM]?/s +[0-9.]+x dict *$", result.stdout, re.M
+    )
+    assert re.search(r"^ +4 +[0-9.]+ [kM]?/s +[0-9.]+ [kM]?/s +[0-9.]+x dict *$", result.stdout, re.M)
 
 
 def test_help_lists_every_option_and_stack() -> None:
     result = _bench("--help", env={**_env(), "COLUMNS": "200"})  # no line breaks inside stack names
     assert result.returncode == 0
     for option in ("--stacks", "--bots", "--config-size", "--distribution", "--concurrency", "--duration",
-                   "--redis-url", "--postgres-dsn", "--json", "--plot"):  # fmt: skip
+                   "--local-size", "--redis-url", "--postgres-dsn", "--json", "--plot"):  # fmt: skip
         assert option in result.stdout
     help_text = " ".join(result.stdout.split())
     for name in STACKS:
@@ -264,6 +318,11 @@ def test_console_script_is_declared() -> None:
         (["bench", "--config-size", "10"], "between 64 and"),
         (["bench", "--distribution", "pareto"], "invalid choice: 'pareto'"),
         (["bench", "--plot", "out.jpg"], "must end in .png or .svg"),
+        (["bench", "--concurrency", "0"], "must be at least 1"),
+        (["bench", "--concurrency", "1,x"], "expected a whole number, got 'x'"),
+        (["bench", "--concurrency", "1,20000"], "must be at most 10000"),
+        (["bench", "--concurrency", ","], "expected comma-separated whole numbers"),
+        (["bench", "--local-size", "0"], "must be at least 1"),
         (["bench", "--no-such-option"], "unrecognized arguments"),
         ([], "required: COMMAND"),
     ],
@@ -275,6 +334,14 @@ def test_bad_option_exits_2_with_a_message(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_concurrency_is_a_sweep_and_the_default_is_short() -> None:
+    args = build_parser().parse_args(["bench", "--concurrency", "32, 1,8,8"])
+    assert args.concurrency == (1, 8, 32)  # sorted, each level once
+    args = build_parser().parse_args(["bench"])
+    assert args.concurrency == (1, 32)  # the default run stays about a minute
+    assert args.local_size is None
 
 
 def test_stacks_accept_arrows_and_all() -> None:

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, operate
-from .bench.results import BenchOptions, BenchResult, Endpoints, Progress, redact_url
+from .bench.results import DEFAULT_CONCURRENCY, BenchOptions, BenchResult, Endpoints, Progress, redact_url
 from .bench.runner import new_run_prefix, run_bench, steps_for
 from .bench.stacks import STACKS, StackSpec, parse_stacks
-from .bench.workload import DISTRIBUTIONS, MIN_CONFIG_SIZE
+from .bench.workload import DISTRIBUTIONS, MIN_CONFIG_SIZE, ZIPF_EXPONENT
 from .validation import MAX_CONFIG_BYTES
 
 if TYPE_CHECKING:
@@ -49,7 +49,11 @@ Measure every backend combination on real servers and print a table:
   get_config   hot-path latency per call (median, p99) and its ratio to the raw floor measured
                in the same run: an awaited dict lookup for stacks whose hits are local,
                a redis-py GET for Redis hits, an asyncpg prepared SELECT for PostgreSQL reads
-  throughput   get_config calls/s completed by --concurrency tasks
+  throughput   get_config calls/s completed by N tasks reading at once, for each N of
+               --concurrency, each next to a floor at the same N timed alongside it (N tasks
+               doing redis-py GETs on one client; N tasks sharing as many held asyncpg
+               connections as the store's pool, SELECT prepared on each), and the hit
+               ratio of each cache tier meanwhile
   miss         a cold read: every cache tier emptied, the bot read through all tiers to the store
   writes       register and deactivate latency, and the next read after an invalidation
                (deactivate empties every tier, so that read goes down to the store)
@@ -73,21 +77,22 @@ _STACK_HELP = "comma-separated stacks, cache tiers first, '+' between layers (de
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_positive_int = operate.positive_int
 
 
-def _concurrency(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {value}")
-    return value
+def _concurrency(text: str) -> tuple[int, ...]:
+    """``"1,8,32,128"``: the throughput sweep, each level once, in increasing order."""
+    values: set[int] = set()
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        value = _positive_int(part.strip())
+        if value > MAX_CONCURRENCY:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {value}")
+        values.add(value)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+    return tuple(sorted(values))
 
 
 def _duration(text: str) -> float:
@@ -137,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  tiered-registry bench                              # everything, embedded servers\n"
             "  tiered-registry bench --stacks memory,local+postgres --duration 0.5\n"
             "  tiered-registry bench --distribution zipf --bots 10000 --json results.json --plot bench.png\n"
+            "  tiered-registry bench --concurrency 1,8,32,128 --plot bench.png   # the full sweep\n"
+            "  tiered-registry bench --bots 100000 --local-size 10000 --distribution zipf\n"
             "  REDIS_URL=redis://127.0.0.1:6379 DATABASE_URL=postgresql://postgres@127.0.0.1/test \\\n"
             "    tiered-registry bench --json - > results.json"
         ),
@@ -163,14 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--distribution",
         choices=DISTRIBUTIONS,
         default="uniform",
-        help="which bots are read: uniform, or zipf (s=1.1: a few hot bots) (default: %(default)s)",
+        help=f"which bots are read: uniform, or zipf (s={ZIPF_EXPONENT:g}: a few hot bots; seeded) "
+        "(default: %(default)s)",
+    )
+    workload.add_argument(
+        "--local-size",
+        type=_positive_int,
+        default=None,
+        metavar="M",
+        help="entries the local tier holds, in stacks that have one "
+        "(default: max(10000, 2 x bots): every bot fits)",
     )
     workload.add_argument(
         "--concurrency",
         type=_concurrency,
-        default=32,
-        metavar="N",
-        help="tasks reading at once in the throughput test (default: %(default)s)",
+        default=DEFAULT_CONCURRENCY,
+        metavar="N[,N...]",
+        help="tasks reading at once in the throughput test; a comma-separated list is a sweep, "
+        f"e.g. 1,8,32,128 (default: {','.join(map(str, DEFAULT_CONCURRENCY))})",
     )
     workload.add_argument(
         "--duration",
@@ -204,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         type=_plot_path,
         metavar="FILE.png|FILE.svg",
-        help="draw median and p99 get_config latency per stack (log scale)",
+        help="draw median and p99 get_config latency per stack (log scale), and calls/s "
+        "against concurrency, a line per stack and per floor",
     )
     operate.add_commands(commands)  # get, set, list, ..., export, import
     return parser
@@ -338,6 +356,7 @@ def _bench(args: argparse.Namespace, started: float) -> int:
         concurrency=args.concurrency,
         duration=args.duration,
         seed=args.seed,
+        local_size=args.local_size,
     )
     with _start_services(args, options, err) as services:
         endpoints = Endpoints(

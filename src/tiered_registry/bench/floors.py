@@ -7,6 +7,12 @@
   connection, of rows a ``PostgresBackend`` wrote (same layout and indexes as a stack's table) —
   the least a PostgreSQL-backed read of that row can cost.
 
+For throughput (N tasks reading at once) the ``dict`` and ``redis_get`` floors are the same calls
+from N tasks (redis-py: one client, its connection pool, large enough for a connection per task);
+the PostgreSQL one is the strong floor
+:func:`pg_pool_floor`: as many held connections as the store's pool, the statement prepared on
+each, no reset between uses, each task taking a free connection from a queue.
+
 Each floor is an async context manager that sets up its data in its own namespace (key prefix /
 table), yields a ``call(bot_id)`` to time, and removes everything on exit. Also here: the probes
 that tell whether a server answers, and its version.
@@ -28,7 +34,9 @@ from .stacks import CLEANUP_TIMEOUT
 __all__ = [
     "PROBE_TIMEOUT",
     "dict_floor",
+    "pg_pool_floor",
     "pg_select_floor",
+    "postgres_pool_size",
     "postgres_version",
     "redis_client",
     "redis_get_floor",
@@ -38,14 +46,21 @@ __all__ = [
 PROBE_TIMEOUT: Final = 5.0
 
 
-def redis_client(url: str, *, timeout: float = PROBE_TIMEOUT) -> Any:
-    """A plain redis-py asyncio client that fails fast (no retries) instead of redis-py's default ~3 s."""
+def redis_client(url: str, *, timeout: float = PROBE_TIMEOUT, max_connections: int | None = None) -> Any:
+    """A plain redis-py asyncio client that fails fast (no retries) instead of redis-py's default ~3 s.
+
+    ``max_connections``: its pool's limit (redis-py's default, 100, raises beyond it).
+    """
     import redis.asyncio as redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
     )
 
 
@@ -90,10 +105,19 @@ async def dict_floor(ids: Sequence[str], config: dict[str, Any]) -> AsyncIterato
 
 @contextlib.asynccontextmanager
 async def redis_get_floor(
-    url: str, namespace: str, ids: Sequence[str], config: dict[str, Any]
+    url: str,
+    namespace: str,
+    ids: Sequence[str],
+    config: dict[str, Any],
+    *,
+    max_connections: int | None = None,
 ) -> AsyncIterator[Call]:
-    """redis-py ``GET`` of an encoded registration (what a Redis tier stores) under each bot id."""
-    client = redis_client(url)
+    """redis-py ``GET`` of an encoded registration (what a Redis tier stores) under each bot id.
+
+    One client; ``max_connections`` at least the most tasks that will call at once, so that each
+    has its own connection from the client's pool (the best unbatched throughput).
+    """
+    client = redis_client(url, max_connections=max_connections)
     prefix = f"{namespace}:floor:"
     payload = encode_registration(Registration(ids[0], freeze(config)))
     try:
@@ -146,4 +170,50 @@ async def pg_select_floor(
         finally:
             await writer.close()
             if conn is not None:
+                await conn.close(timeout=CLEANUP_TIMEOUT)
+
+
+def postgres_pool_size() -> int:
+    """The most connections a :class:`~tiered_registry.stores.postgres.PostgresBackend` pool opens
+    by default (its ``max_size``): what the stacks' store reads with."""
+    import inspect
+
+    from ..stores.postgres import PostgresBackend
+
+    default = inspect.signature(PostgresBackend.__init__).parameters["max_size"].default
+    return int(default) if isinstance(default, int) else 10
+
+
+@contextlib.asynccontextmanager
+async def pg_pool_floor(dsn: str, table: str, size: int) -> AsyncIterator[Call]:
+    """The strong throughput floor of a PostgreSQL read: ``size`` held asyncpg connections, the
+    ``SELECT config::text`` of :func:`pg_select_floor` prepared on each, never reset; a call takes
+    a free connection from a queue (waiting for one if all are busy), reads, and puts it back.
+
+    Reads the rows of ``table``, which must exist (the one :func:`pg_select_floor` set up).
+    """
+    import asyncpg
+
+    connections: list[Any] = []
+    free: asyncio.Queue[Any] = asyncio.Queue()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT * 2):
+            for _ in range(size):
+                conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+                connections.append(conn)
+                free.put_nowait(await conn.prepare(f'SELECT config::text FROM "{table}" WHERE bot_id = $1'))
+        take = free.get
+        give_back = free.put_nowait
+
+        async def read(bot_id: str) -> Any:
+            statement = await take()
+            try:
+                return await statement.fetchval(bot_id)
+            finally:
+                give_back(statement)
+
+        yield read
+    finally:
+        for conn in connections:
+            with contextlib.suppress(Exception):
                 await conn.close(timeout=CLEANUP_TIMEOUT)

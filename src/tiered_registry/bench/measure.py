@@ -41,6 +41,7 @@ __all__ = [
     "measure_latency",
     "measure_paired",
     "measure_throughput",
+    "measure_throughput_paired",
     "timed",
 ]
 
@@ -234,29 +235,69 @@ async def measure_throughput(call: Call, keys: KeyStream, *, concurrency: int, d
     """Calls per second completed by ``concurrency`` tasks that each call in a loop for ``duration``.
 
     A call that never suspends (a local hit) runs to the deadline in the first task: on one event
-    loop that *is* the throughput, whatever the number of tasks.
+    loop that *is* the throughput, whatever the number of tasks. If a call fails, the other tasks
+    are stopped and the first error is raised (not left running into the next measurement).
+
+    The tasks walk ``keys`` together (each takes the next few keys in turn), so the reads follow
+    the whole distribution: a local tier smaller than the working set misses as it would in
+    production, instead of serving a short sequence repeated.
     """
     counts = [0] * concurrency
-    per_task = max(1, min(64, 4096 // concurrency)) * _CHECK_EVERY  # bounded memory at any concurrency
-    chunks = [keys.take(per_task) for _ in range(concurrency)]
+    take = keys.take
 
     async def worker(slot: int) -> None:
-        chunk = chunks[slot]
-        position = 0
         done = 0
         while time.perf_counter() < deadline:
-            for key in chunk[position : position + _CHECK_EVERY]:
+            for key in take(_CHECK_EVERY):
                 await call(key)
             if _stop_requested():
                 raise asyncio.CancelledError
             done += _CHECK_EVERY
-            position = (position + _CHECK_EVERY) % len(chunk)
         counts[slot] = done
 
     start = time.perf_counter()
     deadline = start + duration
-    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    # Not a TaskGroup: on Python 3.11 a failing child leaves the parent's cancel request standing,
+    # which checkpoint() would then take for Ctrl-C.
+    tasks = [asyncio.ensure_future(worker(slot)) for slot in range(concurrency)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
     return Throughput(sum(counts), time.perf_counter() - start, concurrency)
+
+
+async def measure_throughput_paired(
+    call: Call,
+    keys: KeyStream,
+    floor: Call,
+    floor_keys: KeyStream,
+    *,
+    concurrency: int,
+    duration: float,
+) -> tuple[Throughput, Throughput]:
+    """Throughput of ``call`` and of ``floor`` at the same ``concurrency``, timed in alternation.
+
+    Four runs of ``duration / 4`` seconds each, in the order call, floor, floor, call (so a drift of
+    the machine's speed during the measurement weighs on both alike); the calls and seconds of the
+    two runs of each are added up. Returns ``(call's throughput, floor's throughput)``.
+    """
+    slice_ = duration / 4
+    ops = [0, 0]
+    seconds = [0.0, 0.0]
+    runs = ((0, call, keys), (1, floor, floor_keys), (1, floor, floor_keys), (0, call, keys))
+    for which, function, stream in runs:
+        run = await measure_throughput(function, stream, concurrency=concurrency, duration=slice_)
+        ops[which] += run.ops
+        seconds[which] += run.seconds
+        await checkpoint()
+    return Throughput(ops[0], seconds[0], concurrency), Throughput(ops[1], seconds[1], concurrency)
 
 
 def drive(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop | None = None) -> T:

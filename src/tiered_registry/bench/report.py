@@ -6,14 +6,16 @@ rich and matplotlib (the ``bench`` extra) are imported only by the functions tha
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
 from .measure import Latency
 from .results import BenchResult, StackResult
 from .stacks import FLOOR_LABELS, FloorName
+from .workload import ZIPF_EXPONENT
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -100,9 +102,11 @@ def floors_line(result: BenchResult) -> str:
 
 def settings_line(result: BenchResult) -> str:
     o = result.options
+    distribution = f"zipf (s={ZIPF_EXPONENT:g})" if o.distribution == "zipf" else o.distribution
+    tasks = ", ".join(map(str, o.concurrency))
     return (
-        f"settings: {o.bots} bots · {o.config_size}-byte configs · {o.distribution} keys · "
-        f"{o.concurrency} tasks for throughput · {o.duration:g} s per measurement · "
+        f"settings: {o.bots} bots · local tier of {o.local_maxsize} entries · {o.config_size}-byte configs · "
+        f"{distribution} keys · {tasks} tasks for throughput · {o.duration:g} s per measurement · "
         "latency per call: fast paths averaged over batches of 100 awaits, slow ones timed one by one · "
         "vs floor: over that floor timed in alternation with the stack"
     )
@@ -123,10 +127,13 @@ def skipped_line(result: BenchResult) -> str | None:
 
 
 def render_tables(result: BenchResult) -> list[Table]:
-    """The results as two rich tables that fit in 80 columns: the ``get_config`` hot path
-    (latency, ratio to its floor, throughput), then cold reads and writes. Floors come first in
-    the first one. A stack that did not run shows ``skipped *`` / ``failed *``; :func:`skipped_line`
-    says why. No cell is ever cut: the widest cell is a stack name (30 characters)."""
+    """The results as rich tables that fit in 80 columns: the ``get_config`` hot path (latency,
+    ratio to its floor), throughput at each concurrency of the sweep (and of the floors, ratio to
+    the floor timed alongside), each tier's hit ratio meanwhile (stacks with tiers), then cold
+    reads and writes. Floors come first. A stack that did not run shows ``skipped *`` /
+    ``failed *``; :func:`skipped_line` says why. No cell is ever cut: the widest cell is a stack
+    name (30 characters); the throughput table has one row per stack and concurrency, so it stays
+    as narrow whatever the sweep."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -145,14 +152,11 @@ def render_tables(result: BenchResult) -> list[Table]:
             t.add_column(column, justify="right", no_wrap=True)
         return t
 
-    concurrency = result.options.concurrency
     hot = table(
-        "get_config hot path, per call; vs floor: ÷ that floor timed alongside; "
-        f"calls/s: {concurrency} tasks reading",
+        "get_config hot path, per call; vs floor: ÷ that floor timed alongside",
         "median",
         "p99",
         "vs floor",
-        "calls/s",
     )
     cold = table(
         "cold reads and writes, median per call",
@@ -174,11 +178,10 @@ def render_tables(result: BenchResult) -> list[Table]:
                 format_latency(latency.median_ns),
                 format_latency(latency.p99_ns),
                 "1x",
-                "—",
                 style="dim",
             )
         elif name in result.floor_errors:
-            row(hot, f"floor: {label}", "not measured", "—", "—", "—", style="dim")
+            row(hot, f"floor: {label}", "not measured", "—", "—", style="dim")
     if result.floors or result.floor_errors:
         hot.add_section()
     for stack in result.stacks:
@@ -187,7 +190,106 @@ def render_tables(result: BenchResult) -> list[Table]:
         row(cold, stack.spec.label, *cold_cells)
     cold.caption = "next read: the get_config right after deactivate (every tier invalidated)"
     cold.caption_justify = "left"
-    return [hot, cold]
+    tables = [hot, _throughput_table(result, table, row)]
+    hits = _hits_table(result, table, row)
+    if hits is not None:
+        tables.append(hits)
+    tables.append(cold)
+    return tables
+
+
+def _throughput_table(result: BenchResult, table: Callable[..., Table], row: Callable[..., None]) -> Table:
+    sweep = result.options.concurrency
+    several = len(sweep) > 1
+    t = table(
+        "throughput: get_config calls/s of N tasks reading at once; vs floor: ÷ the calls/s "
+        "of that floor at the same N, timed alongside (above 1x: faster than the floor)",
+        "tasks",
+        "calls/s",
+        "floor calls/s",
+        "vs floor",
+    )
+    floors = result.throughput_floors()
+    for name, by_concurrency in floors.items():
+        for i, (concurrency, ops) in enumerate(by_concurrency.items()):
+            label = f"floor: {FLOOR_LABELS[name]}" if i == 0 else ""
+            row(t, label, str(concurrency), format_rate(ops), "—", "1x", style="dim")
+        if several:
+            t.add_section()
+    if floors and not several:
+        t.add_section()
+    for stack in result.stacks:
+        if not stack.sweep:
+            row(t, stack.spec.label, "—", f"{stack.status} *" if stack.status != "ok" else "—", "—", "—")
+        for i, point in enumerate(stack.sweep):
+            ratio = "—"
+            if point.ratio is not None and point.floor_name is not None:
+                ratio = f"{_format_ratio(point.ratio)}x {_FLOOR_SHORT[point.floor_name]}"
+            row(
+                t,
+                stack.spec.label if i == 0 else "",
+                str(point.concurrency),
+                "failed *" if point.error is not None else format_rate(point.throughput.ops_per_s),
+                format_rate(None if point.floor is None else point.floor.ops_per_s),
+                ratio,
+            )
+        if several and stack is not result.stacks[-1]:
+            t.add_section()
+    captions = ["floor rows: the median of each floor's runs timed alongside the stacks"]
+    if result.redis_floor_connections:
+        captions.append(
+            "GET floor: the N tasks on one redis-py client, its pool of up to "
+            f"{result.redis_floor_connections} connections (one per task)"
+        )
+    if result.pg_floor_connections:
+        captions.append(
+            f"asyncpg floor: the N tasks share {result.pg_floor_connections} held connections "
+            "(the store's pool size), the SELECT prepared on each, no reset between uses"
+        )
+    t.caption = "\n".join(captions)
+    t.caption_justify = "left"
+    return t
+
+
+def _format_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+def _hits_table(result: BenchResult, table: Callable[..., Table], row: Callable[..., None]) -> Table | None:
+    """Each cache tier's hit ratio during the throughput runs; None if no stack has tiers."""
+    ratios = {stack.spec.name: stack.hit_ratios() for stack in result.stacks}
+    tiers: list[str] = []  # nearest first: from the stacks with the most tiers first
+    for by_tier in sorted(ratios.values(), key=len, reverse=True):
+        tiers.extend(tier for tier in by_tier if tier != "store" and tier not in tiers)
+    if not tiers:
+        return None
+    o = result.options
+    t = table(
+        f"tier hit ratios during the throughput runs ({o.bots} bots, {o.distribution} keys, "
+        f"local tier of {o.local_maxsize})",
+        *(f"{tier} hits" for tier in tiers),
+        "to store",
+    )
+    for stack in result.stacks:
+        by_tier = ratios[stack.spec.name]
+        if not by_tier:
+            continue
+        cells = [_percent(by_tier.get(tier)) for tier in tiers]
+        row(t, stack.spec.label, *cells, _percent(by_tier.get("store")))
+    t.caption = (
+        "hits ÷ reads of that tier (—: no read reached it); "
+        "to store: the share of get_config calls read from the store"
+    )
+    t.caption_justify = "left"
+    return t
+
+
+def _percent(ratio: float | None) -> str:
+    if ratio is None:
+        return "—"
+    if 0 < ratio < 0.001:
+        return "<0.1 %"
+    return f"{ratio * 100:.1f} %"
 
 
 def render_table(result: BenchResult) -> Table:
@@ -202,14 +304,13 @@ def render_table(result: BenchResult) -> Table:
 
 def _stack_cells(stack: StackResult) -> tuple[list[str], list[str]]:
     if stack.status != "ok" or stack.get_config is None:  # the reason is in skipped_line()
-        return [f"{stack.status} *", "—", "—", "—"], ["—"] * 4
+        return [f"{stack.status} *", "—", "—"], ["—"] * 4
     ratio = "—" if stack.ratio is None else f"{stack.ratio:.2f}x {_FLOOR_SHORT[stack.spec.floor]}"
     return (
         [
             format_latency(stack.get_config.median_ns),
             format_latency(stack.get_config.p99_ns),
             ratio,
-            format_rate(None if stack.throughput is None else stack.throughput.ops_per_s),
         ],
         [
             format_latency(_median(stack.miss)),
@@ -252,7 +353,9 @@ def _spread(values: list[float], min_gap: float) -> list[float]:
 
 
 def write_plot(result: BenchResult, path: str | Path) -> None:
-    """Bar chart of get_config latency per stack (median and p99, log scale, both labelled).
+    """Bar chart of get_config latency per stack (median and p99, log scale, both labelled), and
+    below it (if throughput was measured) get_config calls/s against the number of tasks reading,
+    one line per stack and one (dashed) per floor.
 
     On each median bar, a black tick marks what its ratio divides by: the floor timed in
     alternation with that stack (``paired_floor``); the label gives both figures. The floor rows
@@ -272,7 +375,15 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     medians = [s.get_config.median_ns / 1000 for s in stacks if s.get_config is not None]
     p99s = [s.get_config.p99_ns / 1000 for s in stacks if s.get_config is not None]
     with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig, ax = plt.subplots(figsize=(max(10.0, 1.5 * len(stacks) + 5), 6.8), layout="constrained")
+        width_in = max(10.0, 1.5 * len(stacks) + 5)
+        swept = [s for s in result.stacks if s.sweep]
+        if swept:
+            fig, (ax, sweep_ax) = plt.subplots(
+                2, 1, figsize=(width_in, 6.8 + 5.2), height_ratios=[6.8, 5.2], layout="constrained"
+            )
+            _plot_sweep(sweep_ax, result, swept)
+        else:
+            fig, ax = plt.subplots(figsize=(width_in, 6.8), layout="constrained")
         positions = list(range(len(stacks)))
         width = 0.38
         bars = ax.bar([p - width / 2 for p in positions], medians, width, label="median", color="#2f6db5")
@@ -368,3 +479,53 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
         fig.supxlabel(footer, fontsize=6.5, color="#555555")
         fig.savefig(path, dpi=130 if path.suffix.lower() == ".png" else None)
         plt.close(fig)
+
+
+def _plot_sweep(ax: Any, result: BenchResult, stacks: list[StackResult]) -> None:
+    """calls/s against concurrency (both log scales): a line per stack, a dashed one per floor
+    (the median of its runs timed alongside the stacks, as in the table)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    colors = plt.get_cmap("tab10")
+    markers = "osD^v<>ph*"
+    for i, stack in enumerate(stacks):
+        measured = [point for point in stack.sweep if point.error is None]
+        xs = [point.concurrency for point in measured]
+        ys = [point.throughput.ops_per_s for point in measured]
+        ax.plot(
+            xs,
+            ys,
+            marker=markers[i % len(markers)],
+            color=colors(i % 10),
+            linewidth=1.6,
+            markersize=5,
+            label=stack.spec.label,
+        )
+    for name, by_concurrency in result.throughput_floors().items():
+        color, style = _FLOOR_STYLES[name]
+        label = f"floor: {FLOOR_LABELS[name]}"
+        if name == "pg_select" and result.pg_floor_connections:
+            label += f" ({result.pg_floor_connections} held connections)"
+        ax.plot(
+            list(by_concurrency),
+            list(by_concurrency.values()),
+            linestyle=style,
+            color=color,
+            marker="x",
+            linewidth=1.4,
+            label=label,
+        )
+    levels = sorted({point.concurrency for stack in stacks for point in stack.sweep})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(levels, [str(level) for level in levels])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(levels) == 1:
+        ax.set_xlim(levels[0] / 2, levels[0] * 2)
+    ax.set_xlabel("tasks reading at once (log scale)")
+    ax.set_ylabel("get_config calls/s (log scale)")
+    ax.set_title("get_config throughput by concurrency (floors: timed alongside the stacks)")
+    ax.grid(which="major", alpha=0.25)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

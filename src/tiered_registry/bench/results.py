@@ -6,24 +6,32 @@ import asyncio
 import contextlib
 import os
 import platform
+import statistics
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Final
 
 from ..redact import redact_url
 from .measure import Latency, Throughput
+from .stacks import FLOOR_LABELS as FLOOR_ORDER
 from .stacks import STACKS, FloorName, ServiceName, StackSpec
 from .workload import Distribution
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
     "BenchOptions",
     "BenchResult",
     "Endpoints",
     "Progress",
     "StackResult",
+    "SweepPoint",
     "machine_info",
     "redact_url",
 ]
+
+
+DEFAULT_CONCURRENCY: Final = (1, 32)
+"""The throughput sweep of a default run (tasks reading at once); ``--concurrency 1,8,32,128`` for more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +40,25 @@ class BenchOptions:
     bots: int = 1000
     config_size: int = 2048
     distribution: Distribution = "uniform"
-    concurrency: int = 32
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY  # the throughput sweep, in this order
     duration: float = 1.0
     seed: int = 0
+    local_size: int | None = None  # the local tier's maxsize; None: max(10_000, 2 * bots)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.concurrency, int):  # one level, as before the sweep
+            object.__setattr__(self, "concurrency", (self.concurrency,))
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise ValueError(f"concurrency must be one or more numbers >= 1, got {self.concurrency!r}")
 
     @property
     def needs(self) -> frozenset[ServiceName]:
         return frozenset().union(*(spec.needs for spec in self.stacks))
+
+    @property
+    def local_maxsize(self) -> int:
+        """The local tier's maxsize: ``local_size``, else large enough to hold every bot."""
+        return self.local_size if self.local_size is not None else max(10_000, 2 * self.bots)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,9 +66,10 @@ class BenchOptions:
             "bots": self.bots,
             "config_size": self.config_size,
             "distribution": self.distribution,
-            "concurrency": self.concurrency,
+            "concurrency": list(self.concurrency),
             "duration": self.duration,
             "seed": self.seed,
+            "local_size": self.local_maxsize,
         }
 
 
@@ -79,12 +100,47 @@ class Progress:
 
 
 @dataclass(slots=True)
+class SweepPoint:
+    """A stack's throughput at one concurrency, and its floor's, timed in alternation."""
+
+    concurrency: int
+    throughput: Throughput
+    floor: Throughput | None = None  # the stack's floor at the same concurrency, timed alongside
+    tier_hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # tier -> (hits, misses)
+    store_reads: int | None = None  # reads that reached the store (a stack with tiers)
+    error: str | None = None  # the stack failed at this concurrency (throughput: 0 calls)
+    floor_name: FloorName | None = None  # which floor ``floor`` is
+
+    @property
+    def ratio(self) -> float | None:
+        """The stack's calls/s over its floor's (above 1: faster than the raw operation)."""
+        if self.error is not None or self.floor is None or self.floor.ops_per_s <= 0:
+            return None
+        return self.throughput.ops_per_s / self.floor.ops_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.throughput.to_dict(),
+            "floor_name": self.floor_name,
+            "floor": None if self.floor is None else self.floor.to_dict(),
+            "ratio_to_floor": None if self.ratio is None else round(self.ratio, 3),
+            "hit_ratio": {tier: _hit_ratio(hits, misses) for tier, (hits, misses) in self.tier_hits.items()},
+            "store_reads": self.store_reads,
+            "error": self.error,
+        }
+
+
+def _hit_ratio(hits: int, misses: int) -> float | None:
+    return None if hits + misses == 0 else round(hits / (hits + misses), 4)
+
+
+@dataclass(slots=True)
 class StackResult:
     spec: StackSpec
     status: str = "ok"  # ok | skipped | failed
     reason: str | None = None
     get_config: Latency | None = None
-    throughput: Throughput | None = None
+    sweep: list[SweepPoint] = field(default_factory=list)  # throughput at each concurrency
     miss: Latency | None = None
     register: Latency | None = None
     deactivate: Latency | None = None
@@ -94,6 +150,28 @@ class StackResult:
     ratio: float | None = None  # get_config median / the paired floor's median
     tier_stats: dict[str, dict[str, int]] | None = None
     seconds: float = 0.0
+
+    @property
+    def throughput(self) -> Throughput | None:
+        """The throughput at the highest concurrency of the sweep that did not fail."""
+        measured = [point for point in self.sweep if point.error is None]
+        return measured[-1].throughput if measured else None
+
+    def hit_ratios(self) -> dict[str, float | None]:
+        """Each cache tier's hits / (hits + misses) over the whole sweep; ``store``: the share of
+        get_config calls that reached the store. Empty for a lone store."""
+        totals: dict[str, list[int]] = {}
+        for point in self.sweep:
+            for tier, (hits, misses) in point.tier_hits.items():
+                total = totals.setdefault(tier, [0, 0])
+                total[0] += hits
+                total[1] += misses
+        out = {tier: _hit_ratio(hits, misses) for tier, (hits, misses) in totals.items()}
+        calls = sum(point.throughput.ops for point in self.sweep)
+        reads = [point.store_reads for point in self.sweep if point.store_reads is not None]
+        if totals and reads:
+            out["store"] = round(sum(reads) / calls, 4) if calls else None
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         def opt(value: Latency | Throughput | None) -> dict[str, Any] | None:
@@ -109,6 +187,8 @@ class StackResult:
             "get_config": opt(self.get_config),
             "paired_floor": opt(self.paired_floor),
             "throughput": opt(self.throughput),
+            "sweep": [point.to_dict() for point in self.sweep],
+            "hit_ratio": self.hit_ratios(),
             "miss": opt(self.miss),
             "register": opt(self.register),
             "deactivate": opt(self.deactivate),
@@ -128,10 +208,27 @@ class BenchResult:
     floor_errors: dict[FloorName, str] = field(default_factory=dict)
     floor_repeats: dict[FloorName, list[float]] = field(default_factory=dict)  # median ns of each repeat
     stacks: list[StackResult] = field(default_factory=list)
+    pg_floor_connections: int | None = None  # held connections of the asyncpg throughput floor
+    redis_floor_connections: int | None = None  # pool limit of the redis-py GET floor's client
     warnings: list[str] = field(default_factory=list)
     namespace: str = ""  # the prefix of every key and table of the run
     started_at: str = ""
     seconds: float = 0.0
+
+    def throughput_floors(self) -> dict[FloorName, dict[int, float]]:
+        """Each floor's calls/s at each concurrency: the median of its runs timed alongside the
+        stacks (a floor is run next to every stack compared with it)."""
+        runs: dict[FloorName, dict[int, list[float]]] = {}
+        for stack in self.stacks:
+            for point in stack.sweep:
+                if point.floor is not None and point.floor_name is not None:
+                    runs.setdefault(point.floor_name, {}).setdefault(point.concurrency, []).append(
+                        point.floor.ops_per_s
+                    )
+        return {
+            name: {c: statistics.median(values) for c, values in sorted(by_c.items())}
+            for name, by_c in sorted(runs.items(), key=lambda item: list(FLOOR_ORDER).index(item[0]))
+        }
 
     @property
     def skipped(self) -> list[StackResult]:
@@ -139,7 +236,7 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": 1,
+            "schema": 2,  # 2: concurrency is a list (the sweep); per stack "sweep", "hit_ratio"
             "started_at": self.started_at,
             "namespace": self.namespace,
             "seconds": round(self.seconds, 3),
@@ -154,6 +251,12 @@ class BenchResult:
                 for name, latency in self.floors.items()
             },
             "floor_errors": dict(self.floor_errors),
+            "throughput_floors": {
+                name: {str(c): round(ops, 1) for c, ops in by_concurrency.items()}
+                for name, by_concurrency in self.throughput_floors().items()
+            },
+            "pg_floor_connections": self.pg_floor_connections,
+            "redis_floor_connections": self.redis_floor_connections,
             "stacks": [s.to_dict() for s in self.stacks],
             "skipped": [{"name": s.spec.name, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),

@@ -4,7 +4,8 @@ Per stack, in order (each bounded by ``duration`` seconds):
 
 1. set up: register ``bots`` bots through the stack (write-through, so caches start warm), warm up;
 2. ``get_config`` hot path: per-call latency (median, p99) of reads drawn from the key distribution;
-3. throughput: calls/s completed by ``concurrency`` tasks reading in a loop;
+3. throughput: calls/s completed by N tasks reading in a loop, for each N of the ``concurrency``
+   sweep, timed in alternation with the stack's floor at the same N; the hits of each tier meanwhile;
 4. miss path: every cache tier is cleared (the store keeps its data), then each bot is read once —
    a cold read through every tier down to the store, filling the tiers on the way back;
 5. writes: for one bot after another, ``deactivate`` (an invalidation of every tier), the next
@@ -31,7 +32,9 @@ from ..errors import ConfigurationError
 from ..tiered import TieredBackend
 from .floors import (
     dict_floor,
+    pg_pool_floor,
     pg_select_floor,
+    postgres_pool_size,
     postgres_version,
     redis_get_floor,
     redis_version,
@@ -39,13 +42,24 @@ from .floors import (
 from .measure import (
     Call,
     Latency,
+    Throughput,
     checkpoint,
     latency_from,
     measure_latency,
     measure_paired,
     measure_throughput,
+    measure_throughput_paired,
 )
-from .results import BenchOptions, BenchResult, Endpoints, Progress, StackResult, machine_info, redact_url
+from .results import (
+    BenchOptions,
+    BenchResult,
+    Endpoints,
+    Progress,
+    StackResult,
+    SweepPoint,
+    machine_info,
+    redact_url,
+)
 from .stacks import (
     FloorName,
     ServiceName,
@@ -58,20 +72,27 @@ from .stacks import (
 )
 from .workload import KeyStream, bot_ids, key_sequence, make_config
 
-__all__ = ["new_run_prefix", "run_bench", "steps_for"]
+__all__ = ["new_run_prefix", "run_bench", "stack_steps", "steps_for"]
 
 SEQUENCE_LENGTH: Final = 20_000
+"""Keys drawn per run at least; 4 per bot with more bots (a repeated short sequence would read
+fewer distinct bots than the distribution does, and fit in a local tier that the real one overflows)."""
 FLOOR_BOTS: Final = 1000  # the Redis/PostgreSQL floors store at most this many copies
 DISTINCT_CONFIGS: Final = 64  # configs cycle over this many distinct documents (bounded memory)
 MAX_WRITE_CYCLES: Final = 20_000
 MAX_MISS_ROUNDS: Final = 100
-STACK_STEPS: Final = 6
+REDIS_FLOOR_CONNECTIONS: Final = 100  # redis-py's default pool limit; more if more tasks read at once
+
+
+def stack_steps(options: BenchOptions) -> int:
+    """Progress steps of one stack: set up, hot path, one per concurrency, miss, writes, clean up."""
+    return 5 + len(options.concurrency)
 
 
 def steps_for(options: BenchOptions) -> int:
-    """How many progress steps a run of ``options`` has (floors twice + six per stack)."""
+    """How many progress steps a run of ``options`` has (floors twice + :func:`stack_steps` per stack)."""
     floors = 1 + sum(1 for service in ("redis", "postgres") if service in options.needs)
-    return 2 * floors + STACK_STEPS * len(options.stacks)
+    return 2 * floors + stack_steps(options) * len(options.stacks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +110,8 @@ class _Workload:
     def build(cls, options: BenchOptions) -> _Workload:
         ids = bot_ids(options.bots)
         configs = [make_config(options.config_size, i) for i in range(min(len(ids), DISTINCT_CONFIGS))]
-        sequence = key_sequence(ids, SEQUENCE_LENGTH, options.distribution, seed=options.seed)
+        length = max(SEQUENCE_LENGTH, 4 * len(ids))
+        sequence = key_sequence(ids, length, options.distribution, seed=options.seed)
         floor_ids = ids[:FLOOR_BOTS]
         floor_sequence = (
             sequence
@@ -203,6 +225,7 @@ class _Run:
         )
         self.workload = _Workload.build(options)
         self.open_floors: dict[FloorName, _Floor] = {}
+        self.throughput_floors: dict[FloorName, _Floor] = {}  # what N tasks call (pg: a held pool)
         self._steps = 0  # progress steps started for the current stack
 
     async def probe(self) -> None:
@@ -226,7 +249,7 @@ class _Run:
         is timed in alternation with its floor (:func:`measure_paired`)."""
         w = self.workload
         call = await exits.enter_async_context(dict_floor(w.ids, w.configs[0]))
-        self.open_floors["dict"] = _Floor(call, w.ids, w.sequence)
+        self.open_floors["dict"] = self.throughput_floors["dict"] = _Floor(call, w.ids, w.sequence)
         for service in ("redis", "postgres"):
             if service not in self.options.needs:
                 continue
@@ -237,7 +260,11 @@ class _Run:
                 continue
             floor: contextlib.AbstractAsyncContextManager[Call]
             if service == "redis":
-                floor = redis_get_floor(url, self.prefix, w.floor_ids, w.configs[0])
+                connections = max(REDIS_FLOOR_CONNECTIONS, *self.options.concurrency)
+                floor = redis_get_floor(
+                    url, self.prefix, w.floor_ids, w.configs[0], max_connections=connections
+                )
+                self.result.redis_floor_connections = connections
             else:
                 table = f"{self.prefix}_floor"
                 self.tables.append(table)
@@ -248,6 +275,20 @@ class _Run:
                 self.result.floor_errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
             self.open_floors[name] = _Floor(call, w.floor_ids, w.floor_sequence)
+            self.throughput_floors[name] = self.open_floors[name]
+            if service == "postgres":
+                try:
+                    pooled = await exits.enter_async_context(
+                        pg_pool_floor(url, f"{self.prefix}_floor", postgres_pool_size())
+                    )
+                except Exception as exc:
+                    del self.throughput_floors[name]
+                    self.result.warnings.append(
+                        f"the held-connections asyncpg floor could not be set up: {type(exc).__name__}: {exc}"
+                    )
+                else:
+                    self.throughput_floors[name] = _Floor(pooled, w.floor_ids, w.floor_sequence)
+                    self.result.pg_floor_connections = postgres_pool_size()
 
     async def floors(self, *, repeat: bool = False) -> None:
         """Measure the floors on their own, for the floor rows (``repeat``: again, for half as
@@ -294,7 +335,7 @@ class _Run:
                 f"{service}: {self.result.services.get(service, {}).get('error', 'not available')}"
                 for service in missing
             )
-            self.progress.skip(STACK_STEPS, f"{spec.name}: skipped")
+            self.progress.skip(stack_steps(self.options), f"{spec.name}: skipped")
             return result
         started = time.perf_counter()
         namespace = stack_namespace(self.prefix, spec)
@@ -310,6 +351,7 @@ class _Run:
                 redis_url=self.available.get("redis"),
                 postgres_dsn=self.available.get("postgres"),
                 bots=self.options.bots,
+                local_maxsize=self.options.local_maxsize,
             )
             await self._measure(backend, result)
         except ConfigurationError as exc:  # e.g. the module of an optional extra is missing
@@ -319,7 +361,7 @@ class _Run:
             result.status = "failed"
             result.reason = f"{type(exc).__name__}: {exc}"
         finally:
-            self.progress.skip(STACK_STEPS - 1 - self._steps, f"{spec.name}: failed")
+            self.progress.skip(stack_steps(self.options) - 1 - self._steps, f"{spec.name}: failed")
             self.progress.step(f"{spec.name}: clean up")
             if backend is not None:
                 self.result.warnings.extend(await close_stack(backend))
@@ -328,8 +370,8 @@ class _Run:
 
     def _check_local_hits(self, spec: StackSpec, hot: Latency, hits: int) -> None:
         """A stack with a local tier must serve its hot path from it; say so if it did not."""
-        if "local" not in spec.tiers:
-            return
+        if "local" not in spec.tiers or self.options.local_maxsize < self.options.bots:
+            return  # (a local tier smaller than the working set misses by design)
         reads = hot.samples * hot.per
         if hits < 0.9 * reads:
             self.result.warnings.append(
@@ -360,10 +402,15 @@ class _Run:
                 call, keys, floor.call, KeyStream(floor.sequence), duration=options.duration
             )
         self._check_local_hits(spec, result.get_config, _local_hits(backend) - hits_before)
-        self._step(f"{spec.name}: throughput x{options.concurrency}")
-        result.throughput = await measure_throughput(
-            call, keys, concurrency=options.concurrency, duration=options.duration
-        )
+        # A local tier smaller than the working set misses: compare with what serves those misses.
+        floor_name = spec.floor_behind_local if options.local_maxsize < options.bots else spec.floor
+        throughput_floor = self.throughput_floors.get(floor_name)
+        for concurrency in options.concurrency:
+            self._step(f"{spec.name}: throughput, {concurrency} task{'s' if concurrency > 1 else ''}")
+            point = await self._throughput(spec, backend, keys, throughput_floor, concurrency)
+            if throughput_floor is not None:
+                point.floor_name = floor_name
+            result.sweep.append(point)
         self._step(f"{spec.name}: miss path")
         result.miss = await _measure_miss(backend, w.ids, options.duration, options.seed)
         self._step(f"{spec.name}: register / deactivate / invalidation")
@@ -375,6 +422,57 @@ class _Run:
         ) = await _measure_writes(backend, w.ids, w.configs, options.duration, options.seed)
         if isinstance(backend, TieredBackend):
             result.tier_stats = backend.stats()
+
+    async def _throughput(
+        self, spec: StackSpec, backend: BackendBase, keys: KeyStream, floor: _Floor | None, concurrency: int
+    ) -> SweepPoint:
+        """calls/s of ``concurrency`` tasks reading (and of the floor, in alternation), with each
+        tier's hits and misses and the store's reads meanwhile (a stack with tiers)."""
+        before = backend.stats() if isinstance(backend, TieredBackend) else None
+        gc.collect()
+        duration = self.options.duration
+        try:
+            if floor is None:
+                ours = await measure_throughput(
+                    backend.get_config, keys, concurrency=concurrency, duration=duration
+                )
+                point = SweepPoint(concurrency, ours)
+            else:
+                ours, theirs = await measure_throughput_paired(
+                    backend.get_config,
+                    keys,
+                    floor.call,
+                    KeyStream(floor.sequence),
+                    concurrency=concurrency,
+                    duration=duration,
+                )
+                point = SweepPoint(concurrency, ours, theirs)
+        except Exception as exc:  # this level failed (e.g. a client's pool limit): keep the rest
+            error = f"{type(exc).__name__}: {exc}"
+            self.result.warnings.append(f"{spec.name}: throughput with {concurrency} tasks failed: {error}")
+            point = SweepPoint(concurrency, Throughput(0, 0.0, concurrency), error=error)
+            if floor is not None:  # the floor's line stays complete
+                try:
+                    point.floor = await measure_throughput(
+                        floor.call, KeyStream(floor.sequence), concurrency=concurrency, duration=duration / 2
+                    )
+                except Exception as floor_exc:
+                    self.result.warnings.append(
+                        f"a throughput floor with {concurrency} tasks failed: "
+                        f"{type(floor_exc).__name__}: {floor_exc}"
+                    )
+        if before is not None and isinstance(backend, TieredBackend):
+            after = backend.stats()
+            for tier, counters in after.items():
+                if tier in ("store", "channel") or "hits" not in counters:
+                    continue
+                old = before.get(tier, {})
+                point.tier_hits[tier] = (
+                    counters["hits"] - old.get("hits", 0),
+                    counters.get("misses", 0) - old.get("misses", 0),
+                )
+            point.store_reads = after["store"]["reads"] - before["store"]["reads"]
+        return point
 
     async def sweep(self) -> None:
         """Remove anything left under this run's prefix, whatever happened before."""

@@ -61,6 +61,15 @@ class StackSpec:
         return " → ".join((*self.tiers, self.store))
 
     @property
+    def floor_behind_local(self) -> FloorName:
+        """The floor of the tiers behind the local one (``floor`` if it has none): what its reads
+        cost when the local tier misses, e.g. a working set larger than it."""
+        if self.tiers[:1] != ("local",):
+            return self.floor
+        rest = self.name.split("+", 1)[1]
+        return STACKS[rest].floor
+
+    @property
     def needs(self) -> frozenset[ServiceName]:
         parts = {*self.tiers, self.store}
         needed: set[ServiceName] = set()
@@ -156,14 +165,18 @@ async def open_stack(
     redis_url: str | None,
     postgres_dsn: str | None,
     bots: int = 1000,
+    local_maxsize: int | None = None,
 ) -> BackendBase:
-    """Build and initialize ``spec``; closes what it opened if initializing fails."""
+    """Build and initialize ``spec``; closes what it opened if initializing fails.
+
+    The local tier (if any) holds ``local_maxsize`` entries; by default enough for every bot.
+    """
     backend = build_stack(
         spec,
         namespace,
         redis_url=redis_url,
         postgres_dsn=postgres_dsn,
-        local_maxsize=max(10_000, 2 * bots),
+        local_maxsize=max(10_000, 2 * bots) if local_maxsize is None else local_maxsize,
     )
     try:
         await backend.initialize()
