@@ -380,3 +380,137 @@ def test_health_exit_status_of_a_degraded_stack(capsys: pytest.CaptureFixture[st
 
     assert asyncio.run(operate._health(_Degraded())) == 1  # type: ignore[arg-type]
     assert json.loads(capsys.readouterr().out)["status"] == "degraded"
+
+
+# ---- list filters and sort, progress bars, one positive_int (issue 16, rest) -------------------
+
+
+def test_list_and_count_filter_by_metadata_and_sort(run: Run, tmp_path: Path) -> None:
+    for bot_id, metadata in (
+        ("bot-a", {"tenant": "acme", "tier": 3, "region": "eu"}),
+        ("bot-b", {"tenant": "other", "tier": 1, "region": "us"}),
+        ("bot-c", {"tenant": "acme", "tier": "3", "region": "ap"}),
+    ):
+        path = tmp_path / f"{bot_id}.json"
+        path.write_text(json.dumps(metadata))
+        result = run("set", bot_id, "--metadata", str(path), stdin="{}")
+        assert result.returncode == EXIT_OK, result.stderr
+
+    def ids(*args: str) -> list[str]:
+        result = run("list", *args)
+        assert result.returncode == EXIT_OK, result.stderr
+        return [r["bot_id"] for r in _records(result.stdout)]
+
+    assert ids("--meta", "tenant=acme") == ["bot-a", "bot-c"]
+    assert ids("--meta", "tier=3") == ["bot-a"]  # JSON when it parses: the number 3
+    assert ids("--meta", 'tier="3"') == ["bot-c"]  # the string "3"
+    assert ids("--meta", "tenant=acme", "--meta", "region=ap") == ["bot-c"]  # all must match
+    assert ids("--meta", "tenant=nobody") == []
+    assert ids("--sort", "created_at") == ["bot-a", "bot-b", "bot-c"]
+    assert ids("--sort=-created_at") == ["bot-c", "bot-b", "bot-a"]
+    assert ids("--sort=+created_at", "--limit", "2") == ["bot-a", "bot-b"]
+    assert ids("--sort", "metadata.region") == ["bot-c", "bot-a", "bot-b"]
+    assert ids("--sort=-metadata.region", "--meta", "tenant=acme") == ["bot-a", "bot-c"]
+    assert ids("--sort", "status", "--sort=-bot_id") == ["bot-c", "bot-b", "bot-a"]
+    assert run("count", "--meta", "tenant=acme").stdout.strip() == "2"
+    assert run("count", "--meta", "tenant=acme", "--status", "inactive").stdout.strip() == "0"
+
+    bad_field = run("list", "--sort", "colour")
+    assert bad_field.returncode == EXIT_USAGE
+    assert "cannot sort by 'colour'" in _one_error_line(bad_field)
+    for bad in (["--meta", "tenant"], ["--meta", "=acme"]):
+        result = run("list", *bad)
+        assert result.returncode == EXIT_USAGE
+        assert "expected KEY=VALUE" in result.stderr
+        assert "Traceback" not in result.stderr
+    twice = run("list", "--meta", "tier=1", "--meta", "tier=2")
+    assert twice.returncode == EXIT_USAGE
+    assert "given twice" in _one_error_line(twice)
+
+
+def _cli_tty_stderr(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (progress bars are for terminals only)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
+    for name in ("NO_COLOR", "TERM_PROGRAM", "FORCE_TERMINAL", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tiered_registry", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        text=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = process.communicate(stdin or "", timeout=60)
+    finally:
+        reader.join(10)
+        os.close(master)
+    return process.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_only(run: Run, stack_file: Path, tmp_path: Path) -> None:
+    lines = "".join(
+        json.dumps({"bot_id": f"bot-{i}", "config": {"i": i}, "status": "active", "metadata": {}}) + "\n"
+        for i in range(5)
+    )
+    status, out, err = _cli_tty_stderr("import", "--stack", str(stack_file), stdin=lines)
+    assert status == EXIT_OK, err
+    assert out == ""
+    assert "import" in err  # the bar, on the terminal
+    assert "5/5" in err
+    assert "imported 5 registration(s)" in err
+
+    status, out, err = _cli_tty_stderr("export", "--stack", str(stack_file))
+    assert status == EXIT_OK, err
+    assert [r["bot_id"] for r in _records(out)] == [f"bot-{i}" for i in range(5)]  # clean JSON
+    assert "export" in err
+    assert "5/5" in err
+
+    for flag in ("--no-progress", "--quiet"):
+        status, out, err = _cli_tty_stderr("export", "--stack", str(stack_file), flag)
+        assert status == EXIT_OK, err
+        assert len(_records(out)) == 5
+        assert err == ""
+    status, _, err = _cli_tty_stderr("import", "--stack", str(stack_file), "--quiet", stdin=lines)
+    assert status == EXIT_OK, err
+    assert err == ""
+    status, _, err = _cli_tty_stderr("import", "--stack", str(stack_file), "--no-progress", stdin=lines)
+    assert status == EXIT_OK, err
+    assert err.strip() == "imported 5 registration(s)"
+
+    # stderr not a terminal (a pipe, a log): no bar, whatever the flags
+    piped = run("export")
+    assert piped.returncode == EXIT_OK
+    assert piped.stderr == ""
+    imported = run("import", stdin=lines)
+    assert imported.stderr.strip() == "imported 5 registration(s)"
+
+
+def test_one_positive_int_for_every_command() -> None:
+    from tiered_registry import cli, operate
+
+    assert cli._positive_int is operate.positive_int
+    for args in (["list", "--store", "memory", "--limit", "0"], ["bench", "--concurrency", "0"]):
+        result = _cli(*args)
+        assert result.returncode == EXIT_USAGE
+        assert "must be at least 1, got 0" in result.stderr

@@ -4,7 +4,9 @@
 ``stats``, ``export`` and ``import``, each against the stack spec the service uses: ``--stack
 FILE`` (JSON, as given to :func:`~tiered_registry.create_backend`) or ``--store URL`` with an
 optional ``--cache URL`` (a Redis tier, so that writes and invalidations reach the service's
-caches). Output is JSON (one record per line for lists); errors are one line on stderr.
+caches). Output is JSON (one record per line for lists); errors are one line on stderr; ``export``
+and ``import`` show a progress bar on stderr when it is a terminal. ``schema`` needs no server: it
+prints the PostgreSQL DDL of ``PostgresBackend`` (for a migration tool, and ``create_schema=False``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,6 +25,8 @@ from .base import BackendBase
 from .errors import BackendUnavailableError, ConfigurationError, InvalidInputError, RegistryError
 from .factory import create_backend
 from .models import Registration
+from .query import Query, SortItem
+from .stores._pgsql import DEFAULT_SCHEMA, DEFAULT_TABLE, schema_ddl
 from .validation import STATUSES, validate_config, validate_metadata
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "add_commands",
+    "positive_int",
     "run",
 ]
 
@@ -87,6 +93,7 @@ COMMANDS: Final = (
     "stats",
     "export",
     "import",
+    "schema",
 )
 
 
@@ -131,12 +138,26 @@ def add_commands(commands: Any) -> None:
         "--metadata", metavar="FILE", help="replace the metadata with this JSON object (default: kept)"
     )
 
-    list_ = add("list", "print registrations as JSON lines, ordered by bot id")
+    list_ = add(
+        "list",
+        "print registrations as JSON lines, ordered by bot id (or --sort)",
+        "  tiered-registry list --stack stack.json --meta tenant=acme --sort=-created_at --limit 10\n"
+        "  tiered-registry list --stack stack.json --meta tier=3 --sort metadata.region\n",
+    )
     list_.add_argument("--status", choices=sorted(STATUSES), help="only bots of this status")
-    list_.add_argument("--limit", type=_positive_int, metavar="N", help="at most N registrations")
+    _add_meta(list_)
+    list_.add_argument(
+        "--sort",
+        action="append",
+        metavar="FIELD",
+        help="order by FIELD (bot_id, status, created_at, updated_at, last_accessed_at or"
+        " metadata.KEY), descending as --sort=-FIELD; repeatable, first key first",
+    )
+    list_.add_argument("--limit", type=positive_int, metavar="N", help="at most N registrations")
 
     count = add("count", "print how many registrations there are")
     count.add_argument("--status", choices=sorted(STATUSES), help="only bots of this status")
+    _add_meta(count)
 
     deactivate = add("deactivate", "set a bot's status to inactive (exit 1 if it is not registered)")
     deactivate.add_argument("bot_id", metavar="BOT")
@@ -156,11 +177,12 @@ def add_commands(commands: Any) -> None:
     add("health", "print the stack's health as JSON; exit 0 up, 1 degraded, 2 down")
     add("stats", "print the stack's counters as JSON (those of this command's own process)")
 
-    add(
+    export = add(
         "export",
         "print every registration as JSON lines (streamed, ordered by bot id)",
         "  tiered-registry export --stack stack.json > bots.jsonl\n",
     )
+    _add_progress(export)
     import_ = add(
         "import",
         "register each registration of a JSON-lines file (as written by export); all are checked first",
@@ -169,9 +191,56 @@ def add_commands(commands: Any) -> None:
     import_.add_argument(
         "file", metavar="FILE", nargs="?", default="-", help="JSON lines ('-': stdin, the default)"
     )
+    _add_progress(import_)
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the PostgreSQL DDL of the store's table (no server needed)",
+        description="Print the DDL PostgresBackend runs when its table is missing: the table and its"
+        " indexes (and the schema unless 'public'), one SQL statement per ';', for a migration tool."
+        " A role that may not create tables then uses PostgresBackend(..., create_schema=False)"
+        ' ("create_schema": false in a stack file): it runs no DDL and checks that the table exists.',
+        epilog="exit status:\n  0    printed\n  2    bad usage (a name that is not an identifier)\n"
+        "\nexamples:\n  tiered-registry schema --table bots > migrations/001_bots.sql\n"
+        "  tiered-registry schema --table bots | psql postgresql://admin@db/app\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    schema.add_argument(
+        "--table", default=DEFAULT_TABLE, help=f"the table (default: {DEFAULT_TABLE}, PostgresBackend's)"
+    )
+    schema.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"its schema (default: {DEFAULT_SCHEMA})")
 
 
-def _positive_int(text: str) -> int:
+def _add_meta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--meta",
+        action="append",
+        type=_meta_filter,
+        metavar="KEY=VALUE",
+        help="only bots whose metadata KEY equals VALUE (JSON if it parses: tier=3 is a number,"
+        " 'tier=\"3\"' a string; else a string: tenant=acme); repeatable, all must match",
+    )
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (shown on stderr when it is a terminal)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
+
+
+def _meta_filter(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number >= 1 (shared with ``bench``'s options)."""
     try:
         value = int(text)
     except ValueError:
@@ -228,6 +297,12 @@ def _record(record: Registration) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the operator subcommand ``args.command``; returns the exit status."""
+    if args.command == "schema":
+        try:
+            sys.stdout.write(schema_ddl(args.schema, args.table))
+        except ConfigurationError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        return EXIT_OK
     if args.command == "invalidate" and (args.all == (args.bot_id is not None)):
         return _fail("invalidate: give either BOT or --all", EXIT_USAGE)
     try:
@@ -255,7 +330,17 @@ def _fail(message: str, status: int) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> Any:
-    """The input of ``set`` / ``import``, validated (raises UsageError / InvalidInputError)."""
+    """The input of ``set`` / ``import`` and the filters of ``list`` / ``count``, validated
+    (raises UsageError / InvalidInputError)."""
+    if args.command in ("list", "count"):
+        filters: dict[str, Any] = {}
+        for key, value in args.meta or ():
+            if key in filters and filters[key] != value:
+                raise UsageError(f"--meta {key}=... given twice with different values")
+            filters[key] = value
+        sort = [_sort_item(text) for text in getattr(args, "sort", None) or ()] or None
+        Query.build(status=args.status, filter_metadata=filters or None, sort=sort)  # checked here
+        return filters or None, sort
     if args.command == "set":
         config = validate_config(_read_json(args.config, "config"))
         metadata = None if args.metadata is None else validate_metadata(_read_json(args.metadata, "metadata"))
@@ -263,6 +348,40 @@ def _prepare(args: argparse.Namespace) -> Any:
     if args.command == "import":
         return _read_import(args.file)
     return None
+
+
+def _sort_item(text: str) -> SortItem:
+    """``--sort FIELD`` ascending, ``--sort=-FIELD`` descending (``+FIELD``: ascending too)."""
+    if text.startswith("-"):
+        return (text[1:], "desc")
+    return text.removeprefix("+")
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    return not (args.quiet or args.no_progress) and sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """``advance()`` for one item done: a rich bar on stderr when it is a terminal (and the bench
+    extra's ``rich`` is installed), else nothing. stdout (the JSON) is never written to."""
+    if not _shows_progress(args):
+        yield _nothing
+        return
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        yield _nothing
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(file=sys.stderr)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _read_import(path: str) -> list[Registration]:
@@ -307,10 +426,14 @@ async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) ->
                 status = "active" if existing is None else existing.status
             _record(await backend.register(args.bot_id, config, status, metadata=metadata))
         elif command == "list":
-            for record in await backend.list_all(status=args.status, limit=args.limit):
+            filters, sort = prepared
+            for record in await backend.list_all(
+                status=args.status, filter_metadata=filters, sort=sort, limit=args.limit
+            ):
                 _record(record)
         elif command == "count":
-            _line(await backend.count_all(status=args.status))
+            filters, _ = prepared
+            _line(await backend.count_all(status=args.status, filter_metadata=filters))
         elif command in ("deactivate", "unregister"):
             write = backend.deactivate if command == "deactivate" else backend.unregister
             if not await write(args.bot_id):
@@ -324,13 +447,21 @@ async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) ->
             stats = getattr(backend, "stats", None)
             _line(stats() if stats is not None else {})
         elif command == "export":
-            async for record in backend.stream():
-                _record(record)
+            total = await backend.count_all() if _shows_progress(args) else None
+            with _progress(args, "export", total) as advance:
+                async for record in backend.stream():
+                    _record(record)
+                    advance()
         elif command == "import":
             records: list[Registration] = prepared
-            for record in records:
-                await backend.register(record.bot_id, record.config, record.status, metadata=record.metadata)
-            print(f"imported {len(records)} registration(s)", file=sys.stderr)
+            with _progress(args, "import", len(records)) as advance:
+                for record in records:
+                    await backend.register(
+                        record.bot_id, record.config, record.status, metadata=record.metadata
+                    )
+                    advance()
+            if not args.quiet:
+                print(f"imported {len(records)} registration(s)", file=sys.stderr)
         if command in _WRITES:
             return _after_write(backend)
     return EXIT_OK

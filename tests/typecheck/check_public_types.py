@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from tiered_registry import BackendBase, RegistryBackend, SortSpec, TieredBackend, create_backend
+from tiered_registry import BackendBase, RegistryBackend, SortArg, SortSpec, TieredBackend, create_backend
 
 
 def stack_from_a_literal() -> None:
@@ -32,3 +32,10 @@ async def sorts(registry: RegistryBackend) -> None:
     await registry.list_all(sort=("created_at", "desc"))
     await registry.list_all(sort=[("created_at", "desc"), "bot_id", SortSpec("metadata.rank", "asc")])
     await registry.list_all(sort=42)  # type: ignore[arg-type]
+
+
+async def sorts_on_a_backend(backend: BackendBase, spec: SortArg) -> None:
+    await backend.list_all(sort=spec)
+    await backend.list_active(sort=[("created_at", "desc"), "bot_id"])
+    await backend.list_inactive(sort=SortSpec("metadata.rank", "desc"))
+    await backend.list_all(sort=42)  # type: ignore[arg-type]

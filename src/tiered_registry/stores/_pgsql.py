@@ -30,11 +30,16 @@ from ..query import Query, SortKey
 __all__ = [
     "ADVISORY_LOCK",
     "COLUMNS",
+    "COLUMN_NAMES",
+    "DEFAULT_SCHEMA",
+    "DEFAULT_TABLE",
     "NESTED",
     "SCHEMA_EXISTS",
+    "TABLE_COLUMNS",
     "TABLE_EXISTS",
     "Statements",
     "check_identifier",
+    "schema_ddl",
 ]
 
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -48,8 +53,26 @@ _JSON_RANK: Final = (
     " WHEN 'boolean' THEN 3 WHEN 'array' THEN 4 ELSE 5 END"
 )
 
+DEFAULT_TABLE: Final = "bot_registrations"
+DEFAULT_SCHEMA: Final = "public"
+# The table's columns, as created by Statements.ddl (checked when PostgresBackend may not create).
+COLUMN_NAMES: Final = (
+    "bot_id",
+    "config",
+    "status",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "last_accessed_at",
+)
+
 # Creating the table (see PostgresBackend._create_table); $1 is a quoted name or a lock key.
 TABLE_EXISTS: Final = "SELECT to_regclass($1) IS NOT NULL"
+# The columns of the table $1 (a quoted name); no rows if there is no such table.
+TABLE_COLUMNS: Final = (
+    "SELECT attname::text FROM pg_attribute"
+    " WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped"
+)
 SCHEMA_EXISTS: Final = "SELECT to_regnamespace($1) IS NOT NULL"
 ADVISORY_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
@@ -134,6 +157,15 @@ def _order_by(sort: Sequence[SortKey], sql: _Params) -> tuple[list[str], list[st
     return terms, keys
 
 
+def schema_ddl(schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE) -> str:
+    """The DDL ``PostgresBackend`` runs when the table is missing, as a script for a migration tool:
+    ``CREATE SCHEMA`` (unless ``public``), the table and its indexes, each statement ending in ``;``.
+    Raises :class:`~tiered_registry.ConfigurationError` for a name that is not an identifier."""
+    sql = Statements(check_identifier(schema, "schema"), check_identifier(table, "table"))
+    statements = (sql.create_schema, *sql.ddl) if schema != DEFAULT_SCHEMA else sql.ddl
+    return "".join(f"{statement};\n" for statement in statements)
+
+
 class Statements:
     """The SQL of one ``"schema"."table"``: fixed statements as attributes, queries built per call."""
 
@@ -142,24 +174,29 @@ class Statements:
         self.schema = _quote(schema)
         self.table = t = f"{self.schema}.{_quote(table)}"
         self.create_schema = f"CREATE SCHEMA IF NOT EXISTS {self.schema}"
-        self.create_table = (
-            f"CREATE TABLE IF NOT EXISTS {t} ("
-            ' bot_id text COLLATE "C" PRIMARY KEY,'
-            " config jsonb NOT NULL,"
-            " status text COLLATE \"C\" NOT NULL DEFAULT 'active'"
-            " CHECK (status IN ('active', 'inactive', 'error')),"
-            " metadata jsonb NOT NULL DEFAULT '{}'::jsonb,"
-            " created_at timestamptz NOT NULL,"
-            " updated_at timestamptz NOT NULL,"
-            " last_accessed_at timestamptz NOT NULL);"
-            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'status'))}"
-            f" ON {t} (status, bot_id);"
-            f" CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'metadata'))}"
-            f" ON {t} USING gin (metadata jsonb_path_ops);"
+        # The table and its indexes: run by initialize, printed by `tiered-registry schema`.
+        self.ddl: tuple[str, ...] = (
+            f"CREATE TABLE IF NOT EXISTS {t} (\n"
+            '    bot_id text COLLATE "C" PRIMARY KEY,\n'
+            "    config jsonb NOT NULL,\n"
+            "    status text COLLATE \"C\" NOT NULL DEFAULT 'active'"
+            " CHECK (status IN ('active', 'inactive', 'error')),\n"
+            "    metadata jsonb NOT NULL DEFAULT '{}'::jsonb,\n"
+            "    created_at timestamptz NOT NULL,\n"
+            "    updated_at timestamptz NOT NULL,\n"
+            "    last_accessed_at timestamptz NOT NULL\n"
+            ")",
+            f"CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'status'))} ON {t} (status, bot_id)",
+            f"CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'metadata'))}"
+            f" ON {t} USING gin (metadata jsonb_path_ops)",
         )
+        self.create_table = "".join(f"{statement};\n" for statement in self.ddl)
         self.drop = f"DROP TABLE IF EXISTS {t}"
         self.get = f"SELECT {COLUMNS} FROM {t} WHERE bot_id = $1"
         self.get_config = f"SELECT config::text FROM {t} WHERE bot_id = $1"
+        # The batched point reads ($1 a text[] of ids; duplicates are harmless).
+        self.get_many = f"SELECT {COLUMNS} FROM {t} WHERE bot_id = ANY($1::text[])"
+        self.get_configs = f"SELECT bot_id, config::text FROM {t} WHERE bot_id = ANY($1::text[])"
         self.exists = f"SELECT status = 'active' FROM {t} WHERE bot_id = $1"
         self.register = (
             f"INSERT INTO {t} AS r"
@@ -168,6 +205,21 @@ class Statements:
             " ON CONFLICT (bot_id) DO UPDATE SET config = EXCLUDED.config, status = EXCLUDED.status,"
             " metadata = COALESCE($4::text::jsonb, r.metadata), updated_at = EXCLUDED.updated_at"
             " RETURNING created_at, last_accessed_at, CASE WHEN $4::text IS NULL THEN metadata::text END"
+        )
+        # Many upserts in one statement (all or nothing), each row as ``register`` writes it: $1
+        # distinct bot ids, $2 configs, $3 statuses, $4 metadata (NULL elements keep the stored
+        # metadata, '{}' for a new bot), $5 now. DO UPDATE sees only the table's columns
+        # (EXCLUDED), so a row's own $4 element is looked up by the position of its id in $1.
+        self.register_many = (
+            f"INSERT INTO {t} AS r"
+            " (bot_id, config, status, metadata, created_at, updated_at, last_accessed_at)"
+            " SELECT i.bot_id, i.config::jsonb, i.status, COALESCE(i.metadata::jsonb, '{}'::jsonb),"
+            " $5, $5, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            " AS i(bot_id, config, status, metadata)"
+            " ON CONFLICT (bot_id) DO UPDATE SET config = EXCLUDED.config, status = EXCLUDED.status,"
+            " metadata = COALESCE(($4::text[])[array_position($1::text[], EXCLUDED.bot_id::text)]::jsonb,"
+            " r.metadata), updated_at = EXCLUDED.updated_at"
+            " RETURNING bot_id, created_at, last_accessed_at, metadata::text"
         )
         self.deactivate = (
             f"UPDATE {t} SET status = 'inactive', updated_at = $2 WHERE bot_id = $1 RETURNING true"
