@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .base import BackendBase
 from .changes import ChangeEvent
 from .errors import (
+    BackendBusyError,
     BackendClosedError,
     BackendNotInitializedError,
     BackendUnavailableError,
@@ -22,7 +23,7 @@ from .factory import StackSpec, create_backend
 from .frozen import FrozenDict, FrozenList, freeze, thaw
 from .models import Registration
 from .protocol import RegistryBackend
-from .query import SortSpec
+from .query import SortArg, SortSpec
 from .stores.memory import InMemoryBackend
 from .tiered import TieredBackend
 from .tiers.base import ABSENT, CacheTier
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "STATUSES",
     "BackendBase",
+    "BackendBusyError",
     "BackendClosedError",
     "BackendNotInitializedError",
     "BackendUnavailableError",
@@ -52,6 +54,7 @@ __all__ = [
     "Registration",
     "RegistryBackend",
     "RegistryError",
+    "SortArg",
     "SortSpec",
     "StackSpec",
     "TieredBackend",

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
 from .access import AccessRecorder, AccessView
-from .errors import BackendClosedError, BackendNotInitializedError, InvalidInputError
+from .errors import BackendClosedError, BackendNotInitializedError, InvalidInputError, InvalidTypeError
 from .frozen import FrozenDict
 from .models import Registration, utcnow
-from .query import Query
+from .query import Query, SortArg
 from .validation import validate_bot_id, validate_config, validate_metadata, validate_status
 
-__all__ = ["BackendBase"]
+__all__ = ["BackendBase", "RegisterItem"]
+
+RegisterItem = tuple[str, FrozenDict, str, FrozenDict | None]
+"""One validated item of ``register_many``: bot id, config, status, metadata (None keeps the stored)."""
 
 _NEW: Final = 0
 _OPEN: Final = 1
@@ -228,6 +231,61 @@ class BackendBase(abc.ABC):
         self._check_open()
         return await self._exists(bot_id)
 
+    # ---- bulk reads and writes -------------------------------------------------------------
+
+    async def get_many(self, bot_ids: Iterable[str]) -> dict[str, Registration]:
+        """The registrations of the bots of ``bot_ids`` that exist, as ``{bot_id: Registration}`` in
+        the order the ids first appear (missing ids are absent, repeated ids count once).
+
+        Every found bot counts as an access, exactly like :meth:`get`. The ids are all validated
+        before anything is read (a bad one raises :class:`~tiered_registry.InvalidInputError` /
+        :class:`~tiered_registry.InvalidTypeError` naming its position and value); a store reads
+        them in few round trips (one ``= ANY($1)`` / one Redis pipeline per chunk).
+        """
+        ids = _unique_ids(bot_ids)
+        self._check_open()
+        if not ids:
+            return {}
+        found = await self._get_many(ids, touch=True)
+        return {bot_id: found[bot_id] for bot_id in ids if bot_id in found}
+
+    async def get_configs(self, bot_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The configs of the bots of ``bot_ids`` that exist, as ``{bot_id: config}`` (read-only
+        :class:`~tiered_registry.FrozenDict` values), whatever their status; like :meth:`get_many`
+        (validation, order, missing ids absent), and every found bot counts as an access like
+        :meth:`get_config`.
+        """
+        ids = _unique_ids(bot_ids)
+        self._check_open()
+        if not ids:
+            return {}
+        found = await self._get_configs(ids, touch=True)
+        return {bot_id: found[bot_id] for bot_id in ids if bot_id in found}
+
+    async def register_many(
+        self,
+        items: Mapping[str, Mapping[str, Any]] | Iterable[tuple[Any, ...]],
+        *,
+        status: str = "active",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[Registration]:
+        """Create or replace many registrations at once; returns them as stored, in input order.
+
+        ``items`` is a mapping ``{bot_id: config}`` or an iterable of tuples ``(bot_id, config)``,
+        ``(bot_id, config, status)`` or ``(bot_id, config, status, metadata)``; ``status`` and
+        ``metadata`` apply to the items that do not give their own (``None`` in a tuple too). Each
+        item is what :meth:`register` would write. EVERY item is validated before anything is
+        written: a bad one (or a bot id given twice) rejects the whole call with an
+        :class:`~tiered_registry.InvalidInputError` naming its index and bot id, and nothing changes.
+        A store writes them together (PostgreSQL: one statement; Redis: one script call), all or
+        nothing. An empty ``items`` returns ``[]`` without I/O.
+        """
+        checked = _check_items(items, status, metadata)
+        self._check_open()
+        if not checked:
+            return []
+        return await self._register_many(checked)
+
     # ---- lists and counts ------------------------------------------------------------------
 
     async def list_all(
@@ -235,7 +293,7 @@ class BackendBase(abc.ABC):
         *,
         status: str | None = None,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
@@ -263,7 +321,7 @@ class BackendBase(abc.ABC):
         self,
         *,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
@@ -276,7 +334,7 @@ class BackendBase(abc.ABC):
         self,
         *,
         filter_metadata: Mapping[str, Any] | None = None,
-        sort: Any = None,
+        sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> list[Registration]:
@@ -400,6 +458,26 @@ class BackendBase(abc.ABC):
         record = await self._get(bot_id, touch=touch)
         return None if record is None else record.config
 
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        """The records of the found ids (validated, distinct); ``touch``: each is an access, as in
+        ``_get(touch=True)``. This default reads them one by one."""
+        found: dict[str, Registration] = {}
+        for bot_id in bot_ids:
+            record = await self._get(bot_id, touch=touch)
+            if record is not None:
+                found[bot_id] = record
+        return found
+
+    async def _get_configs(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, dict[str, Any]]:
+        """The configs of the found ids; this default takes them from :meth:`_get_many`."""
+        records = await self._get_many(bot_ids, touch=touch)
+        return {bot_id: record.config for bot_id, record in records.items()}
+
+    async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
+        """Upsert every item (validated, distinct ids), in order; this default calls ``_register``
+        for each (a store overrides it to write them in one round trip, all or nothing)."""
+        return [await self._register(*item) for item in items]
+
     async def _exists(self, bot_id: str) -> bool:
         record = await self._get(bot_id, touch=False)
         return record is not None and record.status == "active"
@@ -433,3 +511,66 @@ class BackendBase(abc.ABC):
         """Each bot its own time. This default makes one ``_record_accesses`` call with the latest
         time of the batch (at least as late as every access in it); our stores write each time."""
         await self._record_accesses(list(times), max(times.values()))
+
+
+# ---- argument checks of the bulk methods -------------------------------------------------------
+
+_SHOWN: Final = 60  # characters of a bad value shown in an error
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _iterable(value: object, name: str, what: str) -> Iterable[Any]:
+    if isinstance(value, str | bytes):
+        raise InvalidTypeError(name, f"pass {what}, not a {type(value).__name__}")
+    if not isinstance(value, Iterable):
+        raise InvalidTypeError(name, f"pass {what}, got {type(value).__name__}")
+    return value
+
+
+def _unique_ids(bot_ids: object) -> list[str]:
+    """``bot_ids`` validated, first occurrences only, in order."""
+    ids: dict[str, None] = {}
+    for i, bot_id in enumerate(_iterable(bot_ids, "bot_ids", "a list of bot ids")):
+        try:
+            validate_bot_id(bot_id)
+        except InvalidInputError as exc:
+            raise type(exc)(f"bot_ids[{i}]", f"{_shown(bot_id)}: {exc.problem}") from None
+        ids[bot_id] = None
+    return list(ids)
+
+
+def _check_items(items: object, status: object, metadata: object) -> list[RegisterItem]:
+    """The items of ``register_many`` validated and normalized, or an error naming the bad one."""
+    default_status = validate_status(status)
+    default_metadata = None if metadata is None else validate_metadata(metadata)
+    what = "a mapping of bot id to config, or a list of (bot_id, config[, status[, metadata]]) tuples"
+    raw: Iterable[Any] = items.items() if isinstance(items, Mapping) else _iterable(items, "items", what)
+    checked: list[RegisterItem] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, tuple | list) or not 2 <= len(item) <= 4:
+            raise InvalidTypeError(
+                f"items[{i}]", f"expected (bot_id, config[, status[, metadata]]), got {_shown(item)}"
+            )
+        bot_id, config, *rest = item
+        item_status = rest[0] if rest and rest[0] is not None else default_status
+        item_metadata = rest[1] if len(rest) > 1 else None
+        try:
+            bot_id = validate_bot_id(bot_id)
+            frozen_config = validate_config(config)
+            item_status = validate_status(item_status)
+            frozen_metadata = default_metadata if item_metadata is None else validate_metadata(item_metadata)
+        except InvalidInputError as exc:
+            raise type(exc)(f"items[{i}] (bot_id {_shown(bot_id)})", f"{exc.field}: {exc.problem}") from None
+        if bot_id in seen:
+            raise InvalidInputError(
+                f"items[{i}] (bot_id {_shown(bot_id)})",
+                f"the same bot id as items[{seen[bot_id]}]; give each bot once per call",
+            )
+        seen[bot_id] = i
+        checked.append((bot_id, frozen_config, item_status, frozen_metadata))
+    return checked

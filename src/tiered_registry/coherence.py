@@ -13,7 +13,9 @@ version 2 adds what changed (``e``: a :data:`~tiered_registry.changes.KINDS` val
 feed) and the sender's clock (``t``, Unix seconds: the propagation lag is observed as
 ``received - t``). A version-1 reader ignores the new fields; a version-2 reader takes a message
 without ``e`` as ``"invalidated"`` (the bot may have changed). So old and new processes invalidate
-each other throughout a deploy.
+each other throughout a deploy. Version 3 adds one message for many bots (a ``register_many``):
+``"ks": [bot ids], "es": [kinds]``, sent with ``"k": null, "e": "resync"`` so that a version-2
+reader, which knows only ``k``, flushes its whole local tier: more than needed, never too little.
 
 Why pub/sub and not Redis client-side caching (``CLIENT TRACKING ... BCAST``)? Tracking needs
 RESP3 push handling on the connection that reads, which redis-py's asyncio client does not expose
@@ -49,7 +51,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -66,7 +68,12 @@ logger = logging.getLogger(__name__)
 OnInvalidate = Callable[[str | None, str], None]  # (bot id or None for everything, change kind)
 OnState = Callable[[bool], None]
 _MAX_BACKOFF: Final = 2.0
-MESSAGE_VERSION: Final = 2
+MESSAGE_VERSION: Final = 3
+"""The newest format this process reads. A message about one bot is still sent as version 2 (all
+it needs); only a message for many bots is version 3."""
+_ONE_BOT_VERSION: Final = 2
+MAX_KEYS_PER_MESSAGE: Final = 1000
+"""Bots named in one message (about 30 KB): more are sent as several messages."""
 _LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -104,6 +111,8 @@ class LagHistogram:
 
 class InvalidationChannel:
     """Publishes this process's invalidations and listens for everyone else's."""
+
+    max_keys_per_message: int = MAX_KEYS_PER_MESSAGE
 
     def __init__(
         self,
@@ -219,16 +228,39 @@ class InvalidationChannel:
         """Tell the other processes that ``bot_id`` (``None``: everything) changed, and how
         (``kind``); False if Redis could not be reached (logged, not raised: the write itself has
         succeeded; the caller owes the message)."""
-        message = orjson.dumps(
+        return await self._send(
             {
-                "v": MESSAGE_VERSION,
+                "v": _ONE_BOT_VERSION,
                 "s": self.sender,
                 "n": next(self._seq),
                 "k": bot_id,
                 "e": kind,
                 "t": time.time(),
-            }
+            },
+            bot_id,
         )
+
+    async def publish_many(self, changes: Sequence[tuple[str, str]]) -> bool:
+        """Like :meth:`publish` for many bots in one message (at most :data:`MAX_KEYS_PER_MESSAGE`):
+        ``(bot id, kind)`` pairs."""
+        if len(changes) > self.max_keys_per_message:
+            raise ValueError(f"at most {self.max_keys_per_message} bots per message, got {len(changes)}")
+        return await self._send(
+            {
+                "v": MESSAGE_VERSION,
+                "s": self.sender,
+                "n": next(self._seq),
+                "k": None,  # what a version-2 reader sees: everything changed
+                "e": "resync",
+                "ks": [bot_id for bot_id, _ in changes],
+                "es": [kind for _, kind in changes],
+                "t": time.time(),
+            },
+            changes[0][0] if changes else None,
+        )
+
+    async def _send(self, fields: dict[str, Any], bot_id: str | None) -> bool:
+        message = orjson.dumps(fields)
         try:
             async with map_redis_errors("invalidation publish"):
                 await self._publisher.publish(self.channel, message)
@@ -346,5 +378,11 @@ class InvalidationChannel:
         sent_at = message.get("t")
         if isinstance(sent_at, int | float):
             self.lag.observe(time.time() - sent_at)
+        keys, kinds = message.get("ks"), message.get("es")
+        if isinstance(keys, list) and isinstance(kinds, list) and len(keys) == len(kinds):
+            for bot_id, change in zip(keys, kinds, strict=True):
+                if isinstance(bot_id, str):
+                    self._on_invalidate(bot_id, change if isinstance(change, str) else "invalidated")
+            return
         kind = message.get("e")
         self._on_invalidate(key, kind if isinstance(kind, str) else "invalidated")

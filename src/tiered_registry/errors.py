@@ -8,6 +8,7 @@ conventions keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "BackendBusyError",
     "BackendClosedError",
     "BackendNotInitializedError",
     "BackendUnavailableError",
@@ -53,6 +54,12 @@ class BackendNotInitializedError(RegistryError, RuntimeError):
 
 class BackendUnavailableError(RegistryError, ConnectionError):
     """The server behind a backend could not be reached or failed; ``__cause__`` holds the driver error."""
+
+
+class BackendBusyError(BackendUnavailableError):
+    """Every connection of the client's pool stayed busy for the whole wait: the client is
+    overloaded, the server is not down. A cache tier that answers this is skipped for that read
+    (the store answers it) without counting towards its circuit breaker."""
 
 
 class WriteOutcomeUnknownError(BackendUnavailableError):

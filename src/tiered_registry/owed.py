@@ -17,7 +17,9 @@ breaker lets a call through, then publishes every key it paid (other processes m
 the old value from the tier meanwhile), and publishes the owed messages, retrying every
 ``reset_timeout`` (at least 50 ms) or 0.25 s. No request ever waits for a debt (after an outage it
 may be thousands of keys); an idle writer does not leave an old value until a TTL either.
-More than 100 keys to announce at once are announced as "everything" (the others flush).
+Keys announced together go out as few messages (up to 1,000 bots each); more than 10,000 at
+once are announced as "everything" (the others flush their local tier: cheaper than reading
+10,000 names).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = ["OwedInvalidations"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_ANNOUNCED_KEYS: Final = 100
+_MAX_ANNOUNCED_KEYS: Final = 10_000
 _MIN_SETTLE_PAUSE: Final = 0.05
 _ANNOUNCE_RETRY_PAUSE: Final = 0.25
 
@@ -70,16 +72,23 @@ class OwedInvalidations:
         self._start_collector()
 
     async def announce(self, changes: Iterable[tuple[str | None, str]]) -> None:
-        """Publish ``(bot id, change kind)`` pairs (``None``: everything) to the other processes;
-        what cannot be published now is owed. Many keys at once are announced as one ``resync``."""
+        """Publish ``(bot id, change kind)`` pairs (``None``: everything) to the other processes, many
+        bots per message; what cannot be published now is owed. Very many keys at once (or
+        "everything" among them) are announced as one ``resync``."""
         if self._channel is None:
             return
         pending = dict(changes)
         if len(pending) > _MAX_ANNOUNCED_KEYS or (None in pending and len(pending) > 1):
             pending = {None: "resync"}
         items = list(pending.items())
-        for index, (bot_id, kind) in enumerate(items):
-            if not await self._channel.publish(bot_id, kind):
+        step = 1 if len(items) == 1 else self._channel.max_keys_per_message
+        for index in range(0, len(items), step):
+            chunk = items[index : index + step]
+            if len(chunk) == 1:
+                sent = await self._channel.publish(*chunk[0])
+            else:  # None is never among many (see above)
+                sent = await self._channel.publish_many(chunk)  # type: ignore[arg-type]
+            if not sent:
                 self._unannounced.update(items[index:])
                 if len(self._unannounced) > _MAX_ANNOUNCED_KEYS or (
                     None in self._unannounced and len(self._unannounced) > 1

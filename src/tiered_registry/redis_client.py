@@ -33,7 +33,12 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from .errors import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
+from .errors import (
+    BackendBusyError,
+    BackendUnavailableError,
+    ConfigurationError,
+    WriteOutcomeUnknownError,
+)
 from .redact import redact_text, redact_url, scrub, url_secrets
 
 __all__ = [
@@ -307,6 +312,8 @@ def unavailable_error(
     ``write`` whose outcome the error leaves unknown, a :class:`WriteOutcomeUnknownError`."""
     where = f" at {target}" if target else ""
     message = f"Redis unavailable{where} ({doing}): {type(exc).__name__}: {exc}"
+    if isinstance(exc, rexc.MaxConnectionsError):  # our pool's wait ran out: busy, not down (and
+        return BackendBusyError(message)  # a write that got no connection was never sent)
     if write and outcome_unknown(exc):
         return WriteOutcomeUnknownError(message + "; the write may or may not have been carried out")
     return BackendUnavailableError(message)

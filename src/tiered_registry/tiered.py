@@ -42,7 +42,7 @@ from .access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from .base import BackendBase
 from .changes import ChangeEvent, ChangeFeed, ChangeKind, Watch, normalize_kind
 from .circuit import TierGuard
-from .errors import BackendUnavailableError, ConfigurationError, RegistryError
+from .errors import BackendBusyError, BackendUnavailableError, ConfigurationError, RegistryError
 from .flights import RETRY, Flight
 from .frozen import FrozenDict
 from .models import Registration
@@ -298,6 +298,31 @@ class TieredBackend(BackendBase, StackStatus):
         record = await self._get(bot_id, touch=touch)
         return None if record is None else record.config
 
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        """Local hits at once; every other id read through the tiers concurrently, so that its
+        lookups, store reads and fills join one batch per tier (see :mod:`tiered_registry.batching`)."""
+        found: dict[str, Registration | None] = {}
+        missing: list[str] = []
+        local = self._local if self._hot is not NO_ENTRIES else None
+        for bot_id in bot_ids:
+            entry = local.get_entry(bot_id) if local is not None else None
+            if entry is None:
+                missing.append(bot_id)
+                found[bot_id] = None  # keeps the order of bot_ids
+            else:
+                self._hot_hits += 1
+                found[bot_id] = entry[0]
+        if missing:
+            answers = await asyncio.gather(*map(self._read_through, missing), return_exceptions=True)
+            for bot_id, answer in zip(missing, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    raise answer  # the others finished: nothing is left running
+                found[bot_id] = answer
+        records = {bot_id: record for bot_id, record in found.items() if record is not None}
+        if touch:
+            return {bot_id: self._access(record) for bot_id, record in records.items()}
+        return records
+
     async def _read_through(self, bot_id: str) -> Registration | None:
         if self._local is not None and self._hot is not NO_ENTRIES:
             entry = self._local.get_entry(bot_id)
@@ -391,6 +416,13 @@ class TieredBackend(BackendBase, StackStatus):
             return _SKIPPED
         try:
             result = await call(bot_id, *args)
+        except BackendBusyError:
+            # Our own pool had no free connection in time: a burst, not an outage. This read goes
+            # to the store; the breaker does not count it (it would send the whole burst there).
+            tier.stats.busy += 1
+            if not healthy:
+                guard.abandoned()
+            return _SKIPPED
         except TIER_FAILURES as exc:
             guard.failed()
             self._tier_failed(tier, operation, exc)
@@ -410,6 +442,12 @@ class TieredBackend(BackendBase, StackStatus):
     ) -> Registration:
         commit = partial(self._watched, partial(self._store._register, bot_id, config, status, metadata))
         return await self._writer.write(bot_id, commit, _registered, put=True)
+
+    async def _register_many(
+        self, items: Sequence[tuple[str, FrozenDict, str, FrozenDict | None]]
+    ) -> list[Registration]:
+        commit = partial(self._watched, partial(self._store._register_many, items))
+        return await self._writer.write_many([item[0] for item in items], commit, _registered)
 
     async def _deactivate(self, bot_id: str) -> bool:
         commit = partial(self._watched, partial(self._store._deactivate, bot_id))

@@ -207,6 +207,36 @@ class WriteThrough:
             await self._after_commit.run(steps)
         return result
 
+    async def write_many(
+        self,
+        bot_ids: Sequence[str],
+        commit: Callable[[], Awaitable[list[Registration]]],
+        kind: Callable[[Registration], ChangeKind],
+    ) -> list[Registration]:
+        """:meth:`write` of many bots in one go (a ``register_many``): ``commit`` returns the
+        registrations in the order of ``bot_ids``. Each bot is one :class:`PendingWrite` as
+        usual; the tokens, the puts of each shared tier and the announcement are batched."""
+        writes = await self._begin_many(bot_ids)
+        try:
+            records = await commit()
+        except asyncio.CancelledError:
+            self._after_commit.start(self._write_through_many(writes, None, "invalidated"))
+            raise
+        except WriteOutcomeUnknownError:
+            await self._after_commit.run(self._write_through_many(writes, None, "invalidated"))
+            raise
+        except BaseException:
+            for write in writes:
+                self._writes.end(write)
+            raise
+        kinds = [kind(record) for record in records]
+        steps = self._write_through_many(writes, records, kinds)
+        if self._inline:
+            await steps
+        else:
+            await self._after_commit.run(steps)
+        return records
+
     async def invalidate(self, bot_id: str | None) -> None:
         """Forget ``bot_id`` (``None``: everything) in every tier and tell the other processes, as
         after a write whose commit happened elsewhere (around the stack): the write path with
@@ -240,6 +270,104 @@ class WriteThrough:
             self._writes.end(write)
             raise
         return write
+
+    async def _begin_many(self, bot_ids: Sequence[str]) -> list[PendingWrite]:
+        """:meth:`_begin` of many bots: each shared tier's tokens in one call."""
+        writes = [self._writes.begin(bot_id) for bot_id in bot_ids]
+        try:
+            for guard in self._shared:
+                generation = guard.generation
+                for write in writes:
+                    write.since[id(guard)] = generation
+                if not guard.available():
+                    continue
+                try:
+                    tokens = await guard.tier.write_tokens(bot_ids)
+                except TIER_FAILURES as exc:
+                    guard.failed()
+                    self._tier_failed(guard.tier, "write token", exc)
+                    tokens = [_FAILED] * len(writes)
+                except asyncio.CancelledError:
+                    guard.abandoned()
+                    raise
+                else:
+                    if not guard.healthy:
+                        guard.succeeded()
+                for write, token in zip(writes, tokens, strict=True):
+                    write.tokens[id(guard)] = token
+        except BaseException:
+            for write in writes:
+                self._writes.end(write)
+            raise
+        return writes
+
+    async def _write_through_many(
+        self,
+        writes: Sequence[PendingWrite],
+        records: Sequence[Registration] | None,
+        kinds: Sequence[ChangeKind] | ChangeKind,
+    ) -> None:
+        """:meth:`_write_through` of many bots (``records`` ``None``: forget them all)."""
+        try:
+            for guard in reversed(self._shared):
+                await self._write_shared_many(guard, writes, records)
+            changes: list[tuple[str | None, str]] = []
+            for index, write in enumerate(writes):
+                bot_id = write.bot_id
+                assert bot_id is not None
+                record = None if records is None else records[index]
+                change = kinds if isinstance(kinds, str) else kinds[index]
+                self._mark_stale(bot_id)
+                if self._local is not None:
+                    if record is not None and not write.contended:
+                        self._local.set(bot_id, record)
+                    else:
+                        self._local.stats.invalidations += 1
+                        self._local.delete(bot_id)
+                self._changed(bot_id, change)
+                changes.append((bot_id, change))
+            await self._owed.announce(changes)
+        finally:
+            for write in writes:
+                self._writes.end(write)
+
+    async def _write_shared_many(
+        self, guard: TierGuard, writes: Sequence[PendingWrite], records: Sequence[Registration] | None
+    ) -> None:
+        """:meth:`_write_shared` of many bots: one ``put_many``; what cannot land is owed."""
+        tier = guard.tier
+        puts: list[tuple[str, Registration | None, object]] = []
+        landing: list[PendingWrite] = []
+        for index, write in enumerate(writes):
+            token = write.tokens.get(id(guard))
+            if token is _FAILED:
+                assert write.bot_id is not None
+                self._owed.owe(guard, write.bot_id)
+                continue
+            assert write.bot_id is not None
+            puts.append((write.bot_id, None if records is None else records[index], token))
+            landing.append(write)
+        if not landing:
+            return
+        if guard.available():
+            try:
+                await tier.put_many(puts)
+            except TIER_FAILURES as exc:
+                guard.failed()
+                self._tier_failed(tier, "write", exc)
+            except asyncio.CancelledError:  # the loop is shutting down under us
+                guard.abandoned()
+                for write in landing:
+                    self._owed.owe(guard, write.bot_id)
+                raise
+            else:
+                if not guard.healthy:
+                    for write in landing:
+                        guard.written(write.bot_id, write.since[id(guard)])
+                    guard.succeeded()
+                return
+        for write in landing:
+            self._owed.owe(guard, write.bot_id)
 
     async def _write_through(
         self, write: PendingWrite, record: Registration | None, kind: ChangeKind

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import datetime
 from typing import Any, Final
 
-from ..base import BackendBase
+from ..base import BackendBase, RegisterItem
 from ..errors import ConfigurationError, InvalidTypeError
 from ..frozen import FrozenDict, freeze, thaw
 from ..models import Registration
@@ -156,6 +156,8 @@ class ForeignStore(BackendBase):
         self._record = _optional(backend, "record_accesses")
         self._flush = _optional(backend, "flush_accesses")
         self._count_all = _optional(backend, "count_all")
+        self._get_many_method = _optional(backend, "get_many")
+        self._register_many_method = _optional(backend, "register_many")
         stream = getattr(backend, "stream", None)
         self._stream_method: Callable[..., AsyncIterator[Any]] | None = stream if callable(stream) else None
         self._takes_metadata = _takes(backend.register, "metadata")
@@ -207,6 +209,25 @@ class ForeignStore(BackendBase):
             record = await self._backend.register(bot_id, config, status)
         return to_registration(record)
 
+    async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
+        """Its ``register_many`` when it has one (tuples of 4 when metadata is given, else of 3),
+        otherwise one ``register`` per item. Metadata it cannot keep is refused before any write."""
+        with_metadata = any(metadata is not None for _, _, _, metadata in items)
+        if with_metadata and not self._takes_metadata:
+            if any(metadata for _, _, _, metadata in items):
+                raise ConfigurationError(
+                    f"metadata: the store {type(self._backend).__name__} cannot keep metadata "
+                    "(its register() takes no 'metadata' argument)"
+                )
+            with_metadata = False
+        if self._register_many_method is None:
+            return await super()._register_many(items)
+        if with_metadata:
+            records = await self._register_many_method([tuple(item) for item in items])
+        else:
+            records = await self._register_many_method([item[:3] for item in items])
+        return [to_registration(r) for r in records]
+
     async def _unregister(self, bot_id: str) -> bool:
         return bool(await self._backend.unregister(bot_id))
 
@@ -232,6 +253,19 @@ class ForeignStore(BackendBase):
             return _frozen_config(await self._peek_config(bot_id))
         record = await self._get(bot_id, touch=False)
         return None if record is None else record.config
+
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        """Its ``get_many`` for accesses when it has one; otherwise one read per id (at most
+        ``_ACCESS_READS_AT_ONCE`` at a time)."""
+        if touch and self._get_many_method is not None:
+            records = await self._get_many_method(list(bot_ids))
+            return {bot_id: to_registration(record) for bot_id, record in dict(records).items()}
+        found: dict[str, Registration] = {}
+        for start in range(0, len(bot_ids), _ACCESS_READS_AT_ONCE):
+            chunk = bot_ids[start : start + _ACCESS_READS_AT_ONCE]
+            records = await asyncio.gather(*(self._get(bot_id, touch=touch) for bot_id in chunk))
+            found.update((r.bot_id, r) for r in records if r is not None)
+        return found
 
     async def _exists(self, bot_id: str) -> bool:
         return bool(await self._backend.exists(bot_id))

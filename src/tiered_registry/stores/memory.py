@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase
@@ -79,6 +80,24 @@ class InMemoryBackend(BackendBase):
         if touch:
             self._recorder.record(bot_id)
         return record.config
+
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        records = self._records
+        found = {bot_id: records[bot_id] for bot_id in bot_ids if bot_id in records}
+        if touch:
+            return {bot_id: self._access(record) for bot_id, record in found.items()}
+        return found
+
+    async def _get_configs(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, dict[str, Any]]:
+        records = self._records
+        found: dict[str, dict[str, Any]] = {}
+        for bot_id in bot_ids:
+            record = records.get(bot_id)
+            if record is not None:
+                found[bot_id] = record.config
+                if touch:
+                    self._recorder.record(bot_id)
+        return found
 
     async def _unregister(self, bot_id: str) -> bool:
         return self._records.pop(bot_id, None) is not None

@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
-from ..base import BackendBase
+from ..base import BackendBase, RegisterItem
+from ..batching import DEFAULT_MAX_BATCH, Batcher, check_batch_size
 from ..codec import DecodeCache, dumps, loads
 from ..errors import BackendUnavailableError, ConfigurationError, WriteOutcomeUnknownError
 from ..frozen import FrozenDict, freeze
@@ -46,7 +47,18 @@ from ..query import Query
 from ..redact import redact_url, scrub, url_secrets
 from ._pgdeadline import StatementDeadlines
 from ._pglease import LeasedConnections
-from ._pgsql import ADVISORY_LOCK, NESTED, SCHEMA_EXISTS, TABLE_EXISTS, Statements, check_identifier
+from ._pgsql import (
+    ADVISORY_LOCK,
+    COLUMN_NAMES,
+    DEFAULT_SCHEMA,
+    DEFAULT_TABLE,
+    NESTED,
+    SCHEMA_EXISTS,
+    TABLE_COLUMNS,
+    TABLE_EXISTS,
+    Statements,
+    check_identifier,
+)
 
 __all__ = ["PostgresBackend"]
 
@@ -80,6 +92,8 @@ _CONNECTION_ENDED: Final = (
 _CANCEL_WAIT_SHARE: Final = 0.1
 _CANCEL_WAIT_MIN: Final = 0.05
 _CANCEL_WAIT_MAX: Final = 1.0
+# Ids per ``= ANY($1)`` statement of get_many/get_configs (a batcher's batches are smaller).
+_MANY_CHUNK: Final = 1000
 
 
 def _refused(exc: BaseException) -> bool:
@@ -107,6 +121,14 @@ class PostgresBackend(BackendBase):
     ``access_flush_interval`` is how long other processes may see an older ``last_accessed_at``
     (accesses are written in batches); in this process ``get`` returns the time of that access and
     later reads show it too. ``track_access=False``: ``last_accessed_at`` is never written.
+    ``create_schema=False``: :meth:`initialize` runs no DDL at all (for a role that may not create),
+    it checks that the table exists with the expected columns, else raises
+    :class:`~tiered_registry.ConfigurationError`; ``tiered-registry schema`` prints the DDL to run
+    beforehand (a migration tool's script).
+
+    ``batch_size``: point reads (``get``, ``get_config``) of different bots made while one is in
+    flight go out together as one ``WHERE bot_id = ANY($1)`` statement of at most that many ids
+    (:mod:`~tiered_registry.batching`; a lone read is sent at once; ``1`` turns batching off).
 
     Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
     error as ``__cause__``.
@@ -118,17 +140,24 @@ class PostgresBackend(BackendBase):
         self,
         dsn_or_pool: str | asyncpg.Pool[Any],
         *,
-        table: str = "bot_registrations",
-        schema: str = "public",
+        table: str = DEFAULT_TABLE,
+        schema: str = DEFAULT_SCHEMA,
         access_flush_interval: float = DEFAULT_ACCESS_FLUSH_INTERVAL,
         command_timeout: float | None = 10.0,
         connect_timeout: float = 5.0,
         min_size: int = 1,
         max_size: int = 10,
         track_access: bool = True,
+        create_schema: bool = True,
+        batch_size: int = DEFAULT_MAX_BATCH,
     ) -> None:
         table = check_identifier(table, "table")
-        self._sql = Statements(check_identifier(schema, "schema"), table)
+        self._schema_name = check_identifier(schema, "schema")
+        self._table_name = table
+        if not isinstance(create_schema, bool):
+            raise ConfigurationError(f"create_schema must be true or false, got {create_schema!r}")
+        self._create_schema = create_schema
+        self._sql = Statements(self._schema_name, table)
         if isinstance(dsn_or_pool, asyncpg.Pool):
             self._dsn: str | None = None
             self._pool: asyncpg.Pool[Any] | None = dsn_or_pool
@@ -170,6 +199,13 @@ class PostgresBackend(BackendBase):
         share = _CANCEL_WAIT_SHARE * command_timeout if command_timeout is not None else _CANCEL_WAIT_MAX
         self._cancel_wait = min(_CANCEL_WAIT_MAX, max(_CANCEL_WAIT_MIN, share))
         self._lease: LeasedConnections | None = None
+        # Point reads of different bots in flight at once share one ``= ANY($1)`` statement.
+        self._batcher: Batcher[str, Any] = Batcher(
+            self._read_row, self._read_rows, max_batch=check_batch_size(batch_size, "batch_size")
+        )
+        self._config_batcher: Batcher[str, str | None] = Batcher(
+            self._read_config, self._read_configs, max_batch=batch_size
+        )
 
     def __repr__(self) -> str:
         source = f"dsn={redact_url(self._dsn)!r}" if self._dsn is not None else "pool=<caller's asyncpg.Pool>"
@@ -179,6 +215,12 @@ class PostgresBackend(BackendBase):
     def qualified_table(self) -> str:
         """The quoted ``"schema"."table"`` this backend keeps its rows in."""
         return self._sql.table
+
+    @property
+    def batch_stats(self) -> dict[str, dict[str, int]]:
+        """Round trips of the point reads (``get``: ``records``, ``get_config``: ``configs``): lone
+        ones, batches and the keys they held (see :class:`~tiered_registry.batching.BatchStats`)."""
+        return {"records": self._batcher.stats.as_dict(), "configs": self._config_batcher.stats.as_dict()}
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -306,11 +348,15 @@ class PostgresBackend(BackendBase):
             except _UNAVAILABLE as exc:
                 raise self._unavailable(exc, "connect") from exc
         try:
+            doing = "create table" if self._create_schema else "check table"
             try:
                 async with asyncio.timeout(self._command_timeout):
-                    await self._create_table()
+                    if self._create_schema:
+                        await self._create_table()
+                    else:
+                        await self._check_table()
             except TimeoutError as exc:  # a server that accepts connections but does not answer
-                raise self._unavailable(exc, "create table") from exc
+                raise self._unavailable(exc, doing) from exc
         except BaseException:
             if self._owns_pool:
                 await self._release_pool()
@@ -341,10 +387,45 @@ class PostgresBackend(BackendBase):
                         await conn.execute(ADVISORY_LOCK, f"tiered_registry:{schema}")
                         await conn.execute(self._sql.create_schema)
                     await conn.execute(self._sql.create_table)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ConfigurationError(
+                f"{self!r}: table {t} does not exist and this role may not create it ({exc});"
+                f" create it beforehand with the DDL of {self._schema_command()}"
+                " and pass create_schema=False"
+            ) from exc
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc, "create table") from exc
 
+    def _schema_command(self) -> str:
+        """The ``tiered-registry schema`` command printing this backend's DDL."""
+        command = f"'tiered-registry schema --table {self._table_name}"
+        if self._schema_name != DEFAULT_SCHEMA:
+            command += f" --schema {self._schema_name}"
+        return command + "'"
+
+    async def _check_table(self) -> None:
+        """``create_schema=False``: no DDL; the table must exist and have the expected columns."""
+        t = self._sql.table
+        try:
+            async with self._db.acquire() as conn:
+                found = {row[0] for row in await conn.fetch(TABLE_COLUMNS, t)}
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc, "check table") from exc
+        if not found:
+            raise ConfigurationError(
+                f"{self!r}: table {t} does not exist, and create_schema=False does not create it;"
+                f" create it with the DDL printed by {self._schema_command()}"
+            )
+        missing = [name for name in COLUMN_NAMES if name not in found]
+        if missing:
+            raise ConfigurationError(
+                f"{self!r}: table {t} lacks the column(s) {missing}; it is not a registry table"
+                f" of this version (the DDL: {self._schema_command()})"
+            )
+
     async def _close(self) -> None:
+        await self._batcher.close()
+        await self._config_batcher.close()
         await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
         await self._deadlines.stop()
         lease, self._lease = self._lease, None
@@ -395,6 +476,28 @@ class PostgresBackend(BackendBase):
             metadata = freeze(loads(stored_metadata))
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
+    async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
+        """One ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` for every item: all or nothing."""
+        now = utcnow()
+        rows = await self._write(
+            "register_many",
+            "fetch",
+            self._sql.register_many,
+            [bot_id for bot_id, _, _, _ in items],
+            [dumps(config).decode() for _, config, _, _ in items],
+            [status for _, _, status, _ in items],
+            [None if metadata is None else dumps(metadata).decode() for _, _, _, metadata in items],
+            now,
+        )
+        stored = {row[0]: row for row in rows}
+        records = []
+        for bot_id, config, status, metadata in items:
+            _, created_at, last_accessed_at, stored_metadata = stored[bot_id]
+            if metadata is None:
+                metadata = freeze(loads(stored_metadata))
+            records.append(Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at))
+        return records
+
     async def _deactivate(self, bot_id: str) -> bool:
         return await self._write("deactivate", "fetchval", self._sql.deactivate, bot_id, utcnow()) is True
 
@@ -415,7 +518,7 @@ class PostgresBackend(BackendBase):
     # ---- point reads -----------------------------------------------------------------------
 
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
-        row = await self._fetchrow("get", self._sql.get, bot_id)
+        row = await self._batcher.load(bot_id)
         if row is None:
             return None
         if touch:
@@ -423,12 +526,62 @@ class PostgresBackend(BackendBase):
         return self._decode(row)
 
     async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
-        text = await self._call("get_config", "fetchval", self._sql.get_config, bot_id)
+        text = await self._config_batcher.load(bot_id)
         if text is None:
             return None
         if touch:
             self._recorder.record(bot_id)
         return self._decode_config(text)
+
+    # The batchers' round trips: one id (sent at once), or many in one statement.
+
+    async def _read_row(self, bot_id: str) -> Any:
+        return await self._fetchrow("get", self._sql.get, bot_id)
+
+    async def _read_rows(self, bot_ids: list[str]) -> list[Any]:
+        rows = await self._rows_of(bot_ids)
+        return [rows.get(bot_id) for bot_id in bot_ids]
+
+    async def _read_config(self, bot_id: str) -> str | None:
+        text: str | None = await self._call("get_config", "fetchval", self._sql.get_config, bot_id)
+        return text
+
+    async def _read_configs(self, bot_ids: list[str]) -> list[str | None]:
+        texts: dict[str, str] = {}
+        for start in range(0, len(bot_ids), _MANY_CHUNK):
+            chunk = bot_ids[start : start + _MANY_CHUNK]
+            for row in await self._fetch("get_config", self._sql.get_configs, chunk):
+                texts[row[0]] = row[1]
+        return [texts.get(bot_id) for bot_id in bot_ids]
+
+    async def _rows_of(self, bot_ids: Sequence[str]) -> dict[str, Any]:
+        """The rows of the ids that exist, by id: one statement per ``_MANY_CHUNK`` ids."""
+        rows: dict[str, Any] = {}
+        for start in range(0, len(bot_ids), _MANY_CHUNK):
+            chunk = list(bot_ids[start : start + _MANY_CHUNK])
+            for row in await self._fetch("get_many", self._sql.get_many, chunk):
+                rows[row[0]] = row
+        return rows
+
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        rows = await self._rows_of(bot_ids)
+        found: dict[str, Registration] = {}
+        for bot_id in bot_ids:
+            row = rows.get(bot_id)
+            if row is not None:
+                record = self._decode(row)
+                found[bot_id] = self._access(record) if touch else record
+        return found
+
+    async def _get_configs(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, dict[str, Any]]:
+        texts = await self._read_configs(list(bot_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for bot_id, text in zip(bot_ids, texts, strict=True):
+            if text is not None:
+                found[bot_id] = self._decode_config(text)
+                if touch:
+                    self._recorder.record(bot_id)
+        return found
 
     async def _exists(self, bot_id: str) -> bool:
         return await self._fetchval("exists", self._sql.exists, bot_id) is True

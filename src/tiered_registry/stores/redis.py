@@ -34,7 +34,8 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
-from ..base import BackendBase
+from ..base import BackendBase, RegisterItem
+from ..batching import DEFAULT_MAX_BATCH, Batcher, check_batch_size
 from ..codec import CodecError, DecodeCache, dumps
 from ..errors import ConfigurationError
 from ..frozen import FrozenDict
@@ -68,6 +69,7 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger(__name__)
 
 _BATCH: Final = 500  # ids per ZRANGE / HMGET pipeline / UNLINK: bounded memory, short server work
+_Row = Sequence[bytes | None] | None  # an HMGET of FIELDS; None: a foreign value under the key
 
 
 class RedisBackend(BackendBase):
@@ -79,6 +81,10 @@ class RedisBackend(BackendBase):
     ``decode_responses=False`` (used as is, never closed here). ``namespace`` prefixes every key;
     two backends on one namespace share the registry. ``access_flush_interval`` is the staleness
     bound of ``last_accessed_at`` for other processes.
+
+    ``batch_size``: point reads (``get``, ``get_config``) of different bots made while one is in
+    flight go out together as one script call (one command) for at most that many bots
+    (:mod:`~tiered_registry.batching`; a lone read is sent at once; ``1`` turns batching off).
 
     Connection failures raise :class:`~tiered_registry.BackendUnavailableError` with the driver
     error as ``__cause__``. A stored value that does not decode reads as missing (logged once).
@@ -97,8 +103,10 @@ class RedisBackend(BackendBase):
         retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         track_access: bool = True,
+        batch_size: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self.namespace = validate_namespace(namespace)
+        check_batch_size(batch_size, "batch_size")
         if isinstance(access_flush_interval, bool) or not (
             isinstance(access_flush_interval, int | float) and access_flush_interval > 0
         ):
@@ -127,6 +135,11 @@ class RedisBackend(BackendBase):
         )
         self._warned_corrupt = False
         self._decode_config = DecodeCache(json_object)  # repeated reads skip parsing and freezing
+        # Point reads of different bots in flight at once share one pipelined round trip.
+        self._batcher: Batcher[str, _Row] = Batcher(self._read_row, self._read_rows, max_batch=batch_size)
+        self._config_batcher: Batcher[str, bytes | None] = Batcher(
+            self._read_config, self._read_configs, max_batch=batch_size
+        )
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._target!r}, namespace={self.namespace!r})"
@@ -134,6 +147,12 @@ class RedisBackend(BackendBase):
     def invalidation_source(self) -> tuple[Any, str]:
         """Where a :class:`TieredBackend` over this store publishes its invalidations."""
         return self._source, self.namespace
+
+    @property
+    def batch_stats(self) -> dict[str, dict[str, int]]:
+        """Round trips of the point reads (``get``: ``records``, ``get_config``: ``configs``): lone
+        ones, batches and the keys they held (see :class:`~tiered_registry.batching.BatchStats`)."""
+        return {"records": self._batcher.stats.as_dict(), "configs": self._config_batcher.stats.as_dict()}
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -226,6 +245,8 @@ class RedisBackend(BackendBase):
         self._recorder.start()
 
     async def _close(self) -> None:
+        await self._batcher.close()
+        await self._config_batcher.close()
         await self._recorder.stop()  # writes what is pending (failures are logged, not raised)
         if self._owned:
             await self._client.aclose()
@@ -248,6 +269,28 @@ class RedisBackend(BackendBase):
                 self._corrupt(bot_id, exc)
                 metadata = FrozenDict()
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
+
+    async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
+        """Every item in one atomic script call (all or nothing)."""
+        now = utcnow()
+        encoded = [
+            (bot_id, dumps(config), status, None if metadata is None else dumps(metadata))
+            for bot_id, config, status, metadata in items
+        ]
+        with self._errors("register_many", write=True):
+            rows = await self._scripts.register_many(encoded, now)
+        records = []
+        for (bot_id, config, status, metadata), row in zip(items, rows, strict=True):
+            if metadata is None:
+                try:
+                    metadata = json_object(row[2])
+                except CodecError as exc:  # a corrupt stored metadata is kept as it was
+                    self._corrupt(bot_id, exc)
+                    metadata = FrozenDict()
+            created_at = datetime.fromisoformat(row[0].decode())
+            last_accessed_at = datetime.fromisoformat(row[1].decode())
+            records.append(Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at))
+        return records
 
     async def _deactivate(self, bot_id: str) -> bool:
         with self._errors("deactivate", write=True):
@@ -287,8 +330,33 @@ class RedisBackend(BackendBase):
     # ---- point reads -----------------------------------------------------------------------
 
     async def _get(self, bot_id: str, *, touch: bool) -> Registration | None:
+        row = await self._batcher.load(bot_id)
+        record = None if row is None else self._decode(bot_id, row)
+        if record is not None and touch:
+            return self._access(record)
+        return record
+
+    async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
+        raw = await self._config_batcher.load(bot_id)
+        config = self._config_of(bot_id, raw)
+        if config is not None and touch:
+            self._recorder.record(bot_id)
+        return config
+
+    def _config_of(self, bot_id: str, raw: bytes | None) -> FrozenDict | None:
+        if raw is None:
+            return None
         try:
-            row = await self._client.hmget(self._bot_prefix + bot_id, FIELDS)
+            return self._decode_config(raw)
+        except CodecError as exc:
+            self._corrupt(bot_id, exc)
+            return None
+
+    # The batchers' round trips: one id (sent at once), or many in one pipeline.
+
+    async def _read_row(self, bot_id: str) -> _Row:
+        try:
+            row: list[bytes | None] = await self._client.hmget(self._bot_prefix + bot_id, FIELDS)
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable_error(exc, "get", self._target) from exc
         except ResponseError as exc:
@@ -296,14 +364,11 @@ class RedisBackend(BackendBase):
                 raise
             self._corrupt(bot_id, exc)
             return None
-        record = self._decode(bot_id, row)
-        if record is not None and touch:
-            return self._access(record)
-        return record
+        return row
 
-    async def _get_config(self, bot_id: str, *, touch: bool) -> FrozenDict | None:
+    async def _read_config(self, bot_id: str) -> bytes | None:
         try:
-            raw = await self._client.hget(self._bot_prefix + bot_id, "config")
+            raw: bytes | None = await self._client.hget(self._bot_prefix + bot_id, "config")
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable_error(exc, "get_config", self._target) from exc
         except ResponseError as exc:
@@ -311,16 +376,52 @@ class RedisBackend(BackendBase):
                 raise
             self._corrupt(bot_id, exc)
             return None
-        if raw is None:
-            return None
+        return raw
+
+    async def _read_batch(self, doing: str, bot_ids: Sequence[str], configs: bool) -> list[Any]:
+        """Per id, in one round trip (one script call): its row (``configs``: its raw config), or
+        ``None`` when it is missing or a foreign value sits under its key (logged as corrupt)."""
         try:
-            config = self._decode_config(raw)
-        except CodecError as exc:
-            self._corrupt(bot_id, exc)
-            return None
-        if touch:
-            self._recorder.record(bot_id)
-        return config
+            rows = await self._scripts.read(bot_ids, configs=configs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable_error(exc, doing, self._target) from exc
+        for i, row in enumerate(rows):
+            if row == 0:
+                self._corrupt(bot_ids[i], ResponseError("WRONGTYPE: not a hash"))
+                rows[i] = None
+        return rows
+
+    async def _read_rows(self, bot_ids: list[str]) -> list[_Row]:
+        return await self._read_batch("get", bot_ids, configs=False)
+
+    async def _read_configs(self, bot_ids: list[str]) -> list[bytes | None]:
+        return await self._read_batch("get_config", bot_ids, configs=True)
+
+    async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
+        found: dict[str, Registration] = {}
+        for start in range(0, len(bot_ids), _BATCH):
+            chunk = bot_ids[start : start + _BATCH]
+            for bot_id, row in zip(
+                chunk, await self._read_batch("get_many", chunk, configs=False), strict=True
+            ):
+                record = None if row is None else self._decode(bot_id, row)
+                if record is not None:
+                    found[bot_id] = self._access(record) if touch else record
+        return found
+
+    async def _get_configs(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(bot_ids), _BATCH):
+            chunk = bot_ids[start : start + _BATCH]
+            for bot_id, raw in zip(
+                chunk, await self._read_batch("get_configs", chunk, configs=True), strict=True
+            ):
+                config = self._config_of(bot_id, raw)
+                if config is not None:
+                    found[bot_id] = config
+                    if touch:
+                        self._recorder.record(bot_id)
+        return found
 
     async def _exists(self, bot_id: str) -> bool:
         try:

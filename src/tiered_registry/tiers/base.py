@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TypeAlias
 
@@ -56,7 +57,8 @@ class TierStats:
 
     ``evictions``: entries dropped to make room (LRU, at ``maxsize``); ``expirations``: entries
     dropped because their TTL ran out. Both are counted by the in-process tier only (Redis evicts
-    and expires keys on its own: see its ``INFO stats``).
+    and expires keys on its own: see its ``INFO stats``). ``busy``: reads that skipped a shared
+    tier because every connection of its pool stayed busy (a burst; not counted as ``errors``).
     """
 
     hits: int = 0
@@ -66,6 +68,7 @@ class TierStats:
     expirations: int = 0
     invalidations: int = 0
     errors: int = 0
+    busy: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -111,6 +114,19 @@ class CacheTier(abc.ABC):
     async def put(self, bot_id: str, record: Registration, token: object) -> None:
         """Write-through after a committed write: cache ``record``, unless ``token`` (from
         :meth:`write_token`) shows that another write reached the tier since; then forget it."""
+
+    async def write_tokens(self, bot_ids: Sequence[str]) -> list[object]:
+        """:meth:`write_token` of many bots (a shared tier: in one round trip)."""
+        return [await self.write_token(bot_id) for bot_id in bot_ids]
+
+    async def put_many(self, puts: Sequence[tuple[str, Registration | None, object]]) -> None:
+        """:meth:`put` of many bots, each with its own token; a record ``None`` is an
+        :meth:`invalidate` (a shared tier: all in one round trip)."""
+        for bot_id, record, token in puts:
+            if record is None:
+                await self.invalidate(bot_id)
+            else:
+                await self.put(bot_id, record, token)
 
     @abc.abstractmethod
     async def invalidate(self, bot_id: str) -> None:

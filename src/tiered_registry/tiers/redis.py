@@ -31,10 +31,12 @@ Failures of Redis surface as :class:`~tiered_registry.errors.BackendUnavailableE
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias
 
 import redis.asyncio as aredis
 
+from ..batching import DEFAULT_MAX_BATCH, Batcher, check_batch_size
 from ..codec import CodecError, DecodeCache, decode_registration, encode_registration
 from ..errors import ConfigurationError
 from ..models import Registration
@@ -74,8 +76,27 @@ end
     + _NEW_VERSION
     + "return written"
 )
+# Many fills in one call. KEYS: the epoch, then value and version of each bot. ARGV, four per bot:
+# the version and epoch its lookup saw, payload, ttl ms. Returns 1 or 0 per bot (written or not).
+_FILL_MANY_IF_UNCHANGED: Final = """
+local epoch = redis.call('GET', KEYS[1]) or ''
+local written = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local a = (i - 1) * 4
+  if (redis.call('GET', KEYS[2 * i + 1]) or '') == ARGV[a + 1] and epoch == ARGV[a + 2] then
+    redis.call('SET', KEYS[2 * i], ARGV[a + 3], 'PX', ARGV[a + 4])
+    written[i] = 1
+  else
+    written[i] = 0
+  end
+end
+return written
+"""
 # ARGV: version ttl ms.
 _INVALIDATE: Final = "redis.call('UNLINK', KEYS[1])" + _NEW_VERSION
+
+
+_Fill: TypeAlias = tuple[str, tuple[bytes, bytes], bytes, int]  # bot id, token, payload, ttl ms
 
 
 class RedisCache(CacheTier):
@@ -94,10 +115,15 @@ class RedisCache(CacheTier):
         connect_timeout: float = 0.5,
         retries: int = 0,
         decode_cache_size: int = 1024,
+        batch_size: int = DEFAULT_MAX_BATCH,
     ) -> None:
         """``decode_cache_size``: how many recently read payloads keep their decoded (frozen)
         registration, keyed by the exact bytes — a repeated hit skips JSON parsing and freezing,
-        and can never be stale (other bytes, other key). 0 turns it off."""
+        and can never be stale (other bytes, other key). 0 turns it off.
+        ``batch_size``: lookups (and fills) of different bots that arrive while one is in flight
+        go out together, at most this many per round trip (one ``MGET``, one script call); a
+        lone lookup is one ``GET``, sent at once. 1 turns batching off (see
+        :mod:`tiered_registry.batching`)."""
         super().__init__()
         ttl = check_seconds(ttl, "RedisCache ttl")
         negative_ttl = check_seconds(negative_ttl, "RedisCache negative_ttl", zero_ok=True)
@@ -136,6 +162,14 @@ class RedisCache(CacheTier):
         self._seq_key = f"{prefix}:seq"
         self._warned_corrupt = False
         self._decode = DecodeCache(decode_registration, decode_cache_size)
+        self.batch_size = check_batch_size(batch_size, "RedisCache batch_size")
+        self._lookups: Batcher[str, tuple[Lookup, object]] = Batcher(
+            self._lookup_one, self._lookup_many, max_batch=self.batch_size
+        )
+        self._fills: Batcher[_Fill, bool] = Batcher(
+            self._fill_one, self._fill_many, max_batch=self.batch_size
+        )
+        self._fill_many_script: Any = None
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -153,6 +187,7 @@ class RedisCache(CacheTier):
                 retries=self._retries,
             )
             self._fill_script = self._client.register_script(_FILL_IF_UNCHANGED)
+            self._fill_many_script = self._client.register_script(_FILL_MANY_IF_UNCHANGED)
             self._put_script = self._client.register_script(_PUT_IF_UNCHANGED)
             self._invalidate_script = self._client.register_script(_INVALIDATE)
 
@@ -162,6 +197,8 @@ class RedisCache(CacheTier):
             await self._client.ping()
 
     async def close(self) -> None:
+        await self._lookups.close()
+        await self._fills.close()
         client, self._client = self._client, None
         if client is not None and self._owned:
             await client.aclose()
@@ -169,6 +206,15 @@ class RedisCache(CacheTier):
     # ---- CacheTier ------------------------------------------------------------------------------
 
     async def lookup(self, bot_id: str) -> tuple[Lookup, object]:
+        return await self._lookups.load(bot_id)
+
+    @property
+    def batch_stats(self) -> dict[str, dict[str, int]]:
+        """Round trips of lookups and fills: lone ones, batches and the keys they held."""
+        return {"lookups": self._lookups.stats.as_dict(), "fills": self._fills.stats.as_dict()}
+
+    async def _lookup_one(self, bot_id: str) -> tuple[Lookup, object]:
+        """A lone lookup: one ``GET``; on a miss, one ``MGET`` of the fill token."""
         async with map_redis_errors("RedisCache lookup"):
             value = await self._client.get(self._value_prefix + bot_id)
         if value == _MISSING:
@@ -197,18 +243,62 @@ class RedisCache(CacheTier):
             version, epoch = await self._client.mget(self._version_prefix + bot_id, self._epoch_key)
         return version or b"", epoch or b""
 
+    async def _lookup_many(self, bot_ids: list[str]) -> list[tuple[Lookup, object]]:
+        """A batch: values, versions and the epoch in one ``MGET``. The token is read with the
+        value instead of after it, still before the store is read: as safe (see above)."""
+        n = len(bot_ids)
+        keys = [self._value_prefix + b for b in bot_ids]
+        keys += [self._version_prefix + b for b in bot_ids]
+        keys.append(self._epoch_key)
+        async with map_redis_errors("RedisCache lookup"):
+            values = await self._client.mget(keys)
+        epoch = values[-1] or b""
+        stats = self.stats
+        results: list[tuple[Lookup, object]] = []
+        for i, bot_id in enumerate(bot_ids):
+            value = values[i]
+            if value == _MISSING:
+                stats.hits += 1
+                results.append((ABSENT, None))
+                continue
+            if value is not None:
+                try:
+                    record = self._decode(value)
+                except CodecError as exc:
+                    self._note_corrupt(bot_id, exc)
+                else:
+                    stats.hits += 1
+                    results.append((record, None))
+                    continue
+            stats.misses += 1
+            results.append((None, (values[n + i] or b"", epoch)))
+        return results
+
     async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
         if record is None and self._negative_ttl_ms <= 0:
             return
         assert isinstance(token, tuple)
-        version, epoch = token
         payload = _MISSING if record is None else encode_registration(record)
         ttl_ms = self._ttl_ms if record is not None else self._negative_ttl_ms
+        if await self._fills.load((bot_id, token, payload, ttl_ms)):
+            self.stats.fills += 1
+
+    async def _fill_one(self, fill: _Fill) -> bool:
+        bot_id, (version, epoch), payload, ttl_ms = fill
         keys = [self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key]
         async with map_redis_errors("RedisCache fill"):
-            written = await self._fill_script(keys=keys, args=[version, epoch, payload, ttl_ms])
-        if written:
-            self.stats.fills += 1
+            return bool(await self._fill_script(keys=keys, args=[version, epoch, payload, ttl_ms]))
+
+    async def _fill_many(self, fills: list[_Fill]) -> list[bool]:
+        """Fills of many bots in one script call, each guarded by its own token."""
+        keys = [self._epoch_key]
+        args: list[bytes | int] = []
+        for bot_id, (version, epoch), payload, ttl_ms in fills:
+            keys += (self._value_prefix + bot_id, self._version_prefix + bot_id)
+            args += (version, epoch, payload, ttl_ms)
+        async with map_redis_errors("RedisCache fill"):
+            written = await self._fill_many_script(keys=keys, args=args)
+        return [bool(w) for w in written]
 
     async def write_token(self, bot_id: str) -> tuple[bytes, bytes]:
         return await self._fill_token(bot_id)
@@ -226,6 +316,40 @@ class RedisCache(CacheTier):
             self.stats.fills += 1
         else:
             self.stats.invalidations += 1
+
+    async def write_tokens(self, bot_ids: Sequence[str]) -> list[object]:
+        """Versions and epoch of many bots, one ``MGET`` per 1,000."""
+        tokens: list[object] = []
+        for start in range(0, len(bot_ids), 1000):
+            keys = [self._version_prefix + b for b in bot_ids[start : start + 1000]]
+            keys.append(self._epoch_key)
+            async with map_redis_errors("RedisCache lookup"):
+                values = await self._client.mget(keys)
+            epoch = values[-1] or b""
+            tokens += [(version or b"", epoch) for version in values[:-1]]
+        return tokens
+
+    async def put_many(self, puts: Sequence[tuple[str, Registration | None, object]]) -> None:
+        """Each bot's guarded put (as :meth:`put`; record ``None``: :meth:`invalidate`), in
+        pipelines of 1,000: one round trip each."""
+        for start in range(0, len(puts), 1000):
+            chunk = puts[start : start + 1000]
+            async with map_redis_errors("RedisCache write"), self._client.pipeline(transaction=False) as pipe:
+                for bot_id, record, token in chunk:
+                    keys = self._write_keys(bot_id)
+                    if record is None or token is None:  # forgetting is always safe
+                        await self._invalidate_script(keys=keys, args=[self._version_ttl_ms], client=pipe)
+                        continue
+                    assert isinstance(token, tuple)
+                    version, epoch = token
+                    args = [self._version_ttl_ms, version, epoch, encode_registration(record), self._ttl_ms]
+                    await self._put_script(keys=keys, args=args, client=pipe)
+                written = await pipe.execute()
+            for (_, record, token), result in zip(chunk, written, strict=True):
+                if record is not None and token is not None and result:
+                    self.stats.fills += 1
+                else:
+                    self.stats.invalidations += 1
 
     async def invalidate(self, bot_id: str) -> None:
         """Delete the value and give the key a new version (in-flight fills and puts are refused)."""
