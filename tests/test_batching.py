@@ -199,7 +199,7 @@ async def tier(redis_url: str, namespace: str) -> AsyncIterator[RedisCache]:
     await cache.close()
 
 
-async def test_concurrent_lookups_of_many_bots_are_one_mget(tier: RedisCache) -> None:
+async def test_concurrent_lookups_of_many_bots_share_one_round_trip(tier: RedisCache) -> None:
     ids = [f"bot-{i}" for i in range(50)]
     found = await asyncio.gather(*map(tier.lookup, ids))
     assert all(what is None and isinstance(token, tuple) for what, token in found)

@@ -42,8 +42,9 @@ def test_every_benchmark_runs_once(redis_url: str, database_url: str) -> None:
     assert result.returncode == 0, output
     passed = re.search(r"(\d+) passed", output)
     assert passed is not None, output
-    # 8 stacks + 3 floors + the cold burst, batched and not. A benchmark may only be skipped because a module of an optional extra
-    # is missing (reported by create_backend as "needs the '...' extra"), never silently.
+    # 8 stacks + 3 floors + the cold burst (batched and not). A benchmark may only be skipped
+    # because a module of an optional extra is missing (reported by create_backend as "needs the
+    # '...' extra"), never silently.
     skipped = re.findall(r"SKIPPED \[\d+\] .*", output)
     assert all("needs the" in line for line in skipped), skipped
     assert int(passed.group(1)) + len(skipped) == 13, output

@@ -54,7 +54,8 @@ class StackStatus:
         """Counters as plain dicts of ints, read when called (nothing is added to the hot path).
 
         One dict per tier, nearest first, under the tier's name: ``hits``, ``misses``, ``fills``,
-        ``evictions``, ``expirations``, ``invalidations``, ``errors``; the local tier also has
+        ``evictions``, ``expirations``, ``invalidations``, ``errors``, ``busy`` (reads that skipped
+        a shared tier whose connection pool stayed busy); the local tier also has
         ``entries`` (how many it holds now); each shared tier ``circuit_open`` (1 while its breaker
         is open or half-open), ``circuit_opened`` (times it opened), ``owed`` (invalidations owed
         to it: bots, or 1 for a clear) and ``owed_everything`` (1 if a clear is owed). Then

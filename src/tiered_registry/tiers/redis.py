@@ -244,19 +244,14 @@ class RedisCache(CacheTier):
         return version or b"", epoch or b""
 
     async def _lookup_many(self, bot_ids: list[str]) -> list[tuple[Lookup, object]]:
-        """A batch: values, versions and the epoch in one ``MGET``. The token is read with the
-        value instead of after it, still before the store is read: as safe (see above)."""
-        n = len(bot_ids)
-        keys = [self._value_prefix + b for b in bot_ids]
-        keys += [self._version_prefix + b for b in bot_ids]
-        keys.append(self._epoch_key)
+        """A batch: one ``MGET`` of the values; if some miss, one more of their versions and the
+        epoch (as a lone lookup does: a cache tier mostly hits, so hits carry nothing extra)."""
         async with map_redis_errors("RedisCache lookup"):
-            values = await self._client.mget(keys)
-        epoch = values[-1] or b""
+            values = await self._client.mget([self._value_prefix + b for b in bot_ids])
         stats = self.stats
         results: list[tuple[Lookup, object]] = []
-        for i, bot_id in enumerate(bot_ids):
-            value = values[i]
+        missed: list[int] = []
+        for i, value in enumerate(values):
             if value == _MISSING:
                 stats.hits += 1
                 results.append((ABSENT, None))
@@ -265,13 +260,18 @@ class RedisCache(CacheTier):
                 try:
                     record = self._decode(value)
                 except CodecError as exc:
-                    self._note_corrupt(bot_id, exc)
+                    self._note_corrupt(bot_ids[i], exc)
                 else:
                     stats.hits += 1
                     results.append((record, None))
                     continue
             stats.misses += 1
-            results.append((None, (values[n + i] or b"", epoch)))
+            missed.append(i)
+            results.append((None, None))
+        if missed:
+            tokens = await self.write_tokens([bot_ids[i] for i in missed])
+            for i, token in zip(missed, tokens, strict=True):
+                results[i] = (None, token)
         return results
 
     async def fill(self, bot_id: str, record: Registration | None, token: object) -> None:
