@@ -3,7 +3,8 @@ under test, the random operation mix with cancellations, quiescence bookkeeping,
 views, and a worker (``python -m tests.checker_support worker ...``) that runs the same operation
 mix against its own instance in a second OS process, driven one line at a time over stdin/stdout.
 
-An *op* is one call on one instance: ``register`` (its config carries a unique ``seq`` tag),
+An *op* is one call on one instance: ``register`` (its config carries a unique ``seq`` tag; every
+third is a ``register_many`` of that bot and the next one),
 ``deactivate``, ``unregister``, rarely ``clear``, or a read (``get_config``/``get``). Each op runs
 plainly, or is cancelled (``task.cancel()`` after 0-3 ms), or runs under ``asyncio.timeout`` with a
 budget of a few ms. Expected failures (``BackendUnavailableError``, its subclass
@@ -324,7 +325,13 @@ class Runner:
         return "ok"
 
     async def _op(self, kind: str, stack: TieredBackend, bot_id: str, seq: str, status: str) -> None:
-        if kind == "register":
+        if kind == "register" and int(seq.rsplit("-", 1)[1]) % 3 == 0:
+            # Every third register goes through register_many, with the next bot too (one store
+            # statement, one pipeline per Redis tier, one message: the bulk write path).
+            other = self.bots[(self.bots.index(bot_id) + 1) % len(self.bots)]
+            items = [(b, make_config(b, seq), status) for b in dict.fromkeys((bot_id, other))]
+            await stack.register_many(items)
+        elif kind == "register":
             await stack.register(bot_id, make_config(bot_id, seq), status)
         elif kind == "deactivate":
             await stack.deactivate(bot_id)

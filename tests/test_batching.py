@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tiered_registry import Registration
+from tiered_registry import BackendClosedError, Registration
 from tiered_registry.batching import Batcher, KeyFailed
 from tiered_registry.coherence import InvalidationChannel
 from tiered_registry.errors import ConfigurationError
@@ -351,3 +351,29 @@ async def test_a_message_for_many_bots_reads_as_everything_to_a_version_2_reader
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
     assert reader.stats()["local"]["entries"] == 1  # "a" is not among them: kept
+
+
+async def test_closing_fails_the_waiting_callers_with_a_clear_error_not_a_cancellation() -> None:
+    rec = Recorder()
+    rec.release.clear()  # holds every batch
+    lone_gate = asyncio.Event()
+
+    async def one(key: str) -> str:
+        await lone_gate.wait()
+        return key.upper()
+
+    batcher = Batcher(one, rec.many)
+    lone = asyncio.create_task(batcher.load("a"))
+    await asyncio.sleep(0)
+    in_batch = asyncio.create_task(batcher.load("b"))
+    await asyncio.sleep(0)
+    lone_gate.set()
+    assert await lone == "A"
+    await asyncio.sleep(0.01)
+    assert rec.sent == [["b"]]  # the batch holding "b" is in flight, held
+    late = asyncio.create_task(batcher.load("c"))  # waits behind it
+    await asyncio.sleep(0)
+    await batcher.close()
+    for task in (in_batch, late):
+        with pytest.raises(BackendClosedError):
+            await task

@@ -12,7 +12,8 @@ fill, a store's point read):
   each, or at once when ``max_batch`` keys are waiting, with at most ``max_in_flight`` batches
   under way;
 - a batch runs in a task of its own: a caller that is cancelled stops waiting, the batch goes on
-  for the others; a batch that fails fails each of its callers with that error; one key's error
+  for the others (closing the backend stops it: its callers get ``BackendClosedError``); a
+  batch that fails fails each of its callers with that error; one key's error
   (:class:`KeyFailed`) fails only that key.
 
 Single-flight sits above (:mod:`tiered_registry.flights`), so in a stack a key is one slot of a
@@ -27,7 +28,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeVar
 
-from .errors import ConfigurationError
+from .errors import BackendClosedError, ConfigurationError
 
 __all__ = ["DEFAULT_MAX_BATCH", "BatchStats", "Batcher", "KeyFailed", "check_batch_size"]
 
@@ -44,6 +45,10 @@ def check_batch_size(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an int >= 1 (1 turns batching off), got {value!r}")
     return value
+
+
+def _closed() -> BackendClosedError:
+    return BackendClosedError("closed while this read was waiting for its round trip")
 
 
 class KeyFailed:
@@ -140,9 +145,10 @@ class Batcher(Generic[K, V]):
         stats.largest = max(stats.largest, len(batch))
         try:
             results = await self._many([key for key, _ in batch])
-        except asyncio.CancelledError:  # close(): the callers stop waiting too
+        except asyncio.CancelledError:  # close(): the callers get an error, not a cancellation
             for _, future in batch:
-                future.cancel()
+                if not future.done():
+                    future.set_exception(_closed())
             raise
         except Exception as exc:
             for _, future in batch:
@@ -164,12 +170,14 @@ class Batcher(Generic[K, V]):
                     self._launch()
 
     async def close(self) -> None:
-        """Cancel the batches under way (their callers are cancelled); for shutdown."""
+        """Stop the batches under way; their callers, and those still waiting, get a
+        :class:`~tiered_registry.BackendClosedError`. For shutdown."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for _, future in self._waiting:
-            future.cancel()
+            if not future.done():
+                future.set_exception(_closed())
         self._waiting.clear()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from .errors import InvalidInputError, InvalidTypeError
 from .frozen import FrozenDict, freeze, thaw
 
-__all__ = ["Registration", "parse_timestamp", "utcnow"]
+__all__ = ["FIELD_NAMES", "Registration", "parse_timestamp", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -127,3 +127,7 @@ class Registration:
             updated_at,
             last_accessed_at,
         )
+
+
+FIELD_NAMES: Final = tuple(f.name for f in fields(Registration))
+"""The fields of a registration, in order (also the PostgreSQL table's columns)."""

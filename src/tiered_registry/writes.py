@@ -317,13 +317,7 @@ class WriteThrough:
                 assert bot_id is not None
                 record = None if records is None else records[index]
                 change = kinds if isinstance(kinds, str) else kinds[index]
-                self._mark_stale(bot_id)
-                if self._local is not None:
-                    if record is not None and not write.contended:
-                        self._local.set(bot_id, record)
-                    else:
-                        self._local.stats.invalidations += 1
-                        self._local.delete(bot_id)
+                self._update_local(write, bot_id, record)
                 self._changed(bot_id, change)
                 changes.append((bot_id, change))
             await self._owed.announce(changes)
@@ -382,17 +376,22 @@ class WriteThrough:
             if bot_id is None:
                 self._forget_everything_local()
             else:
-                self._mark_stale(bot_id)
-                if self._local is not None:
-                    if record is not None and not write.contended:
-                        self._local.set(bot_id, record)
-                    else:
-                        self._local.stats.invalidations += 1
-                        self._local.delete(bot_id)
+                self._update_local(write, bot_id, record)
             self._changed(bot_id, kind)
             await self._owed.announce(((bot_id, kind),))
         finally:
             self._writes.end(write)
+
+    def _update_local(self, write: PendingWrite, bot_id: str, record: Registration | None) -> None:
+        """A read of ``bot_id`` in flight must not fill; the local tier takes ``record`` unless
+        another write of the bot overlapped this one (then, or with no record, it forgets it)."""
+        self._mark_stale(bot_id)
+        if self._local is not None:
+            if record is not None and not write.contended:
+                self._local.set(bot_id, record)
+            else:
+                self._local.stats.invalidations += 1
+                self._local.delete(bot_id)
 
     async def _write_shared(self, guard: TierGuard, write: PendingWrite, record: Registration | None) -> None:
         """One shared tier's part of :meth:`_write_through`, through its breaker (whatever it

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from ..codec import dumps
 from ..errors import ConfigurationError
+from ..models import FIELD_NAMES
 from ..query import Query, SortKey
 
 __all__ = [
@@ -56,15 +57,7 @@ _JSON_RANK: Final = (
 DEFAULT_TABLE: Final = "bot_registrations"
 DEFAULT_SCHEMA: Final = "public"
 # The table's columns, as created by Statements.ddl (checked when PostgresBackend may not create).
-COLUMN_NAMES: Final = (
-    "bot_id",
-    "config",
-    "status",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "last_accessed_at",
-)
+COLUMN_NAMES: Final = FIELD_NAMES
 
 # Creating the table (see PostgresBackend._create_table); $1 is a quoted name or a lock key.
 TABLE_EXISTS: Final = "SELECT to_regclass($1) IS NOT NULL"

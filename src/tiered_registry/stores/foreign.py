@@ -44,21 +44,12 @@ from typing import Any, Final
 from ..base import BackendBase, RegisterItem
 from ..errors import ConfigurationError, InvalidTypeError
 from ..frozen import FrozenDict, freeze, thaw
-from ..models import Registration
+from ..models import FIELD_NAMES, Registration
 from ..protocol import CoreRegistryBackend
 from ..query import Query, SortSpec
 
 __all__ = ["ForeignStore", "as_store", "to_registration"]
 
-_FIELDS: Final = (
-    "bot_id",
-    "config",
-    "status",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "last_accessed_at",
-)
 _ACCESS_READS_AT_ONCE: Final = 64  # get_config calls in flight while forwarding accesses
 _Method = Callable[..., Awaitable[Any]]
 
@@ -121,7 +112,7 @@ def to_registration(record: object) -> Registration:
     if isinstance(record, Mapping):
         data = dict(record)
     elif hasattr(record, "bot_id") and hasattr(record, "config"):
-        data = {name: getattr(record, name) for name in _FIELDS if hasattr(record, name)}
+        data = {name: getattr(record, name) for name in FIELD_NAMES if hasattr(record, name)}
     else:
         raise InvalidTypeError(
             "record", f"a store returned {type(record).__name__}, expected a Registration, dict or record"

@@ -260,14 +260,27 @@ class RedisBackend(BackendBase):
         config_json, metadata_json = dumps(config), None if metadata is None else dumps(metadata)
         with self._errors("register", write=True):
             row = await self._scripts.register(bot_id, config_json, status, now, metadata_json)
-        created_at = datetime.fromisoformat(row[0].decode())
-        last_accessed_at = datetime.fromisoformat(row[1].decode())
+        return self._registered(bot_id, config, status, metadata, row, now)
+
+    def _registered(
+        self,
+        bot_id: str,
+        config: FrozenDict,
+        status: str,
+        metadata: FrozenDict | None,
+        row: Sequence[bytes],
+        now: datetime,
+    ) -> Registration:
+        """The record a register script wrote: its reply ``row`` holds created_at,
+        last_accessed_at and (kept when ``metadata`` is ``None``) the stored metadata."""
         if metadata is None:
             try:
                 metadata = json_object(row[2])
             except CodecError as exc:  # a corrupt stored metadata is kept as it was
                 self._corrupt(bot_id, exc)
                 metadata = FrozenDict()
+        created_at = datetime.fromisoformat(row[0].decode())
+        last_accessed_at = datetime.fromisoformat(row[1].decode())
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
@@ -279,17 +292,10 @@ class RedisBackend(BackendBase):
         ]
         with self._errors("register_many", write=True):
             rows = await self._scripts.register_many(encoded, now)
-        records = []
-        for (bot_id, config, status, metadata), row in zip(items, rows, strict=True):
-            if metadata is None:
-                try:
-                    metadata = json_object(row[2])
-                except CodecError as exc:  # a corrupt stored metadata is kept as it was
-                    self._corrupt(bot_id, exc)
-                    metadata = FrozenDict()
-            created_at = datetime.fromisoformat(row[0].decode())
-            last_accessed_at = datetime.fromisoformat(row[1].decode())
-            records.append(Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at))
+        records = [
+            self._registered(bot_id, config, status, metadata, row, now)
+            for (bot_id, config, status, metadata), row in zip(items, rows, strict=True)
+        ]
         return records
 
     async def _deactivate(self, bot_id: str) -> bool:
