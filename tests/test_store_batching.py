@@ -241,7 +241,7 @@ async def test_postgres_register_many_is_all_or_nothing(make_pg: Make, database_
 async def test_redis_get_many_is_one_round_trip_per_chunk(make_redis: Make, monkeypatch) -> None:
     store = await make_redis()
     ids = await _seed(store, 300)
-    pipelines = _count_calls(monkeypatch, store, "_read_batch")
+    pipelines = _count_calls(monkeypatch, store._scripts, "read")
     assert list(await store.get_many(ids)) == ids
     assert len(pipelines) == 1
     pipelines.clear()

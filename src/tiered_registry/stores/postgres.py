@@ -547,19 +547,18 @@ class PostgresBackend(BackendBase):
         return text
 
     async def _read_configs(self, bot_ids: list[str]) -> list[str | None]:
-        texts: dict[str, str] = {}
-        for start in range(0, len(bot_ids), _MANY_CHUNK):
-            chunk = bot_ids[start : start + _MANY_CHUNK]
-            for row in await self._fetch("get_config", self._sql.get_configs, chunk):
-                texts[row[0]] = row[1]
-        return [texts.get(bot_id) for bot_id in bot_ids]
+        rows = await self._rows_of(bot_ids, "get_config", self._sql.get_configs)
+        return [None if (row := rows.get(bot_id)) is None else row[1] for bot_id in bot_ids]
 
-    async def _rows_of(self, bot_ids: Sequence[str]) -> dict[str, Any]:
-        """The rows of the ids that exist, by id: one statement per ``_MANY_CHUNK`` ids."""
+    async def _rows_of(
+        self, bot_ids: Sequence[str], doing: str = "get_many", sql: str | None = None
+    ) -> dict[str, Any]:
+        """The rows (of ``sql``, by default whole records) of the ids that exist, by id (the
+        first column): one ``= ANY($1)`` statement per ``_MANY_CHUNK`` ids."""
         rows: dict[str, Any] = {}
         for start in range(0, len(bot_ids), _MANY_CHUNK):
             chunk = list(bot_ids[start : start + _MANY_CHUNK])
-            for row in await self._fetch("get_many", self._sql.get_many, chunk):
+            for row in await self._fetch(doing, sql or self._sql.get_many, chunk):
                 rows[row[0]] = row
         return rows
 

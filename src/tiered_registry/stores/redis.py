@@ -68,7 +68,7 @@ __all__ = ["RedisBackend"]
 
 logger = logging.getLogger(__name__)
 
-_BATCH: Final = 500  # ids per ZRANGE / HMGET pipeline / UNLINK: bounded memory, short server work
+_BATCH: Final = 500  # ids per ZRANGE / read script / UNLINK: bounded memory, short server work
 _Row = Sequence[bytes | None] | None  # an HMGET of FIELDS; None: a foreign value under the key
 
 
@@ -135,7 +135,7 @@ class RedisBackend(BackendBase):
         )
         self._warned_corrupt = False
         self._decode_config = DecodeCache(json_object)  # repeated reads skip parsing and freezing
-        # Point reads of different bots in flight at once share one pipelined round trip.
+        # Point reads of different bots in flight at once share one round trip (one script call).
         self._batcher: Batcher[str, _Row] = Batcher(self._read_row, self._read_rows, max_batch=batch_size)
         self._config_batcher: Batcher[str, bytes | None] = Batcher(
             self._read_config, self._read_configs, max_batch=batch_size
@@ -180,23 +180,12 @@ class RedisBackend(BackendBase):
             return None
 
     async def _fetch(self, ids: Sequence[bytes]) -> list[Registration]:
-        """The records of ``ids`` (index members) in order, in one pipelined round trip."""
-        if not ids:
-            return []
-        prefix = self._bot_prefix_b
-        with self._errors("read records"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for member in ids:
-                    pipe.hmget(prefix + member, FIELDS)
-                rows = await pipe.execute(raise_on_error=False)
+        """The records of ``ids`` (index members) in order, as the batched point reads read them."""
+        names = [member.decode() for member in ids]
+        rows = await self._read_batch("read records", names, configs=False)
         records = []
-        for member, row in zip(ids, rows, strict=True):
-            if isinstance(row, Exception):
-                if not wrong_type(row):
-                    raise row
-                self._corrupt(member.decode(), row)
-                continue
-            record = self._decode(member.decode(), row)
+        for bot_id, row in zip(names, rows, strict=True):
+            record = None if row is None else self._decode(bot_id, row)
             if record is not None:
                 records.append(record)
         return records
@@ -358,7 +347,7 @@ class RedisBackend(BackendBase):
             self._corrupt(bot_id, exc)
             return None
 
-    # The batchers' round trips: one id (sent at once), or many in one pipeline.
+    # The batchers' round trips: one id (sent at once), or many in one script call.
 
     async def _read_row(self, bot_id: str) -> _Row:
         try:
@@ -385,12 +374,14 @@ class RedisBackend(BackendBase):
         return raw
 
     async def _read_batch(self, doing: str, bot_ids: Sequence[str], configs: bool) -> list[Any]:
-        """Per id, in one round trip (one script call): its row (``configs``: its raw config), or
+        """Per id, one script call per ``_BATCH`` ids: its row (``configs``: its raw config), or
         ``None`` when it is missing or a foreign value sits under its key (logged as corrupt)."""
-        try:
-            rows = await self._scripts.read(bot_ids, configs=configs)
-        except UNAVAILABLE_ERRORS as exc:
-            raise unavailable_error(exc, doing, self._target) from exc
+        rows: list[Any] = []
+        for start in range(0, len(bot_ids), _BATCH):
+            try:
+                rows += await self._scripts.read(bot_ids[start : start + _BATCH], configs=configs)
+            except UNAVAILABLE_ERRORS as exc:
+                raise unavailable_error(exc, doing, self._target) from exc
         for i, row in enumerate(rows):
             if row == 0:
                 self._corrupt(bot_ids[i], ResponseError("WRONGTYPE: not a hash"))
@@ -405,28 +396,24 @@ class RedisBackend(BackendBase):
 
     async def _get_many(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
-        for start in range(0, len(bot_ids), _BATCH):
-            chunk = bot_ids[start : start + _BATCH]
-            for bot_id, row in zip(
-                chunk, await self._read_batch("get_many", chunk, configs=False), strict=True
-            ):
-                record = None if row is None else self._decode(bot_id, row)
-                if record is not None:
-                    found[bot_id] = self._access(record) if touch else record
+        for bot_id, row in zip(
+            bot_ids, await self._read_batch("get_many", bot_ids, configs=False), strict=True
+        ):
+            record = None if row is None else self._decode(bot_id, row)
+            if record is not None:
+                found[bot_id] = self._access(record) if touch else record
         return found
 
     async def _get_configs(self, bot_ids: Sequence[str], *, touch: bool) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(bot_ids), _BATCH):
-            chunk = bot_ids[start : start + _BATCH]
-            for bot_id, raw in zip(
-                chunk, await self._read_batch("get_configs", chunk, configs=True), strict=True
-            ):
-                config = self._config_of(bot_id, raw)
-                if config is not None:
-                    found[bot_id] = config
-                    if touch:
-                        self._recorder.record(bot_id)
+        for bot_id, raw in zip(
+            bot_ids, await self._read_batch("get_configs", bot_ids, configs=True), strict=True
+        ):
+            config = self._config_of(bot_id, raw)
+            if config is not None:
+                found[bot_id] = config
+                if touch:
+                    self._recorder.record(bot_id)
         return found
 
     async def _exists(self, bot_id: str) -> bool:
