@@ -8,6 +8,7 @@ when a test asks for it.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -21,9 +22,9 @@ from tiered_registry import LocalCache, TieredBackend
 from tiered_registry.stores.postgres import PostgresBackend
 from tiered_registry.tiers.redis import RedisCache
 
-from .services import database_url, redis_url
+from .services import database_url, redis_cluster_url, redis_url
 
-__all__ = ["database_url", "redis_url"]  # fixtures defined in tests/services.py
+__all__ = ["database_url", "redis_cluster_url", "redis_url"]  # fixtures defined in tests/services.py
 
 
 @pytest.fixture
@@ -71,6 +72,19 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[
         stop()
 
 
+PGBOUNCER_HINT = "PGBOUNCER_URL not set: start one with .ci/start-pgbouncer"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url() -> str:
+    """A PgBouncer in transaction pool mode in front of PostgreSQL (``PGBOUNCER_URL``; ``.ci/run``
+    starts one). Not embedded: without it the tests that need it skip, saying how to get one."""
+    url = os.environ.get("PGBOUNCER_URL")
+    if not url:
+        pytest.skip(PGBOUNCER_HINT)
+    return url
+
+
 @pytest.fixture
 def namespace() -> str:
     """A name no other test (or concurrent test run) uses: a Redis key prefix or a table name."""
@@ -86,17 +100,20 @@ async def make_stack(redis_url: str, database_url: str, namespace: str) -> Async
     (and initializes) one more instance: another process's view. All are closed afterwards, the
     namespace cleared and the table dropped.
 
-    ``redis``: the tier's Redis URL (``None``: no Redis tier); ``local``: a ``LocalCache``, or
-    ``False`` for none; ``local_ttl``; ``store_options`` for the ``PostgresBackend``; any other
+    ``redis``: the tier's Redis URL (``None``: no Redis tier; a ``redis+cluster://`` URL: a
+    cluster); ``local``: a ``LocalCache``, or ``False`` for none; ``local_ttl``; ``database``: the
+    store's DSN (a PgBouncer's, say); ``store_options`` for the ``PostgresBackend``; any other
     keyword goes to ``TieredBackend``.
     """
     built: list[TieredBackend] = []
+    redis_used = {redis_url}
 
     async def make(
         *,
         redis: str | None = redis_url,
         local: LocalCache | bool = True,
         local_ttl: float = 300,
+        database: str = database_url,
         store_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> TieredBackend:
@@ -107,9 +124,10 @@ async def make_stack(redis_url: str, database_url: str, namespace: str) -> Async
             tiers.append(local)
         if redis is not None:
             tiers.append(RedisCache(redis, ttl=300, namespace=namespace))
+            redis_used.add(redis)
         stack = TieredBackend(
             tiers=tiers,
-            store=PostgresBackend(database_url, table=namespace, **(store_options or {})),
+            store=PostgresBackend(database, table=namespace, **(store_options or {})),
             **options,
         )
         await stack.initialize()
@@ -120,7 +138,7 @@ async def make_stack(redis_url: str, database_url: str, namespace: str) -> Async
     for stack in built:
         await stack.close()
     cleaner = TieredBackend(
-        tiers=[RedisCache(redis_url, namespace=namespace)],
+        tiers=[RedisCache(url, namespace=namespace) for url in sorted(redis_used)],
         store=PostgresBackend(database_url, table=namespace),
         coherence=False,
     )

@@ -14,7 +14,7 @@ import pytest
 from tiered_registry.bench.measure import Latency, Throughput
 from tiered_registry.bench.report import format_latency, format_rate, render_tables, to_json, write_plot
 from tiered_registry.bench.results import BenchOptions, BenchResult, StackResult, SweepPoint
-from tiered_registry.bench.stacks import FLOOR_LABELS, STACKS, FloorName
+from tiered_registry.bench.stacks import CLUSTER_STACKS, FLOOR_LABELS, STACKS, FloorName, StackSpec
 
 pytest.importorskip("rich")
 
@@ -23,10 +23,27 @@ def _latency(median_us: float, p99_us: float, per: int = 1) -> Latency:
     return Latency(median_us * 1000, p99_us * 1000, median_us * 900, median_us * 1100, 1000, per)
 
 
-FLOOR_US: dict[FloorName, float] = {"dict": 0.117, "redis_get": 97.2, "pg_select": 130.0}
-PAIRED_US: dict[FloorName, float] = {"dict": 0.131, "redis_get": 168.0, "pg_select": 85.4}
+FLOOR_US: dict[FloorName, float] = {
+    "dict": 0.117,
+    "redis_get": 97.2,
+    "pg_select": 130.0,
+    "redis_cluster_get": 104.0,
+}
+PAIRED_US: dict[FloorName, float] = {
+    "dict": 0.131,
+    "redis_get": 168.0,
+    "pg_select": 85.4,
+    "redis_cluster_get": 101.5,
+}
 SWEEP = (1, 8, 32, 128, 10_000)  # the widest level the command accepts
-FLOOR_RATE: dict[FloorName, float] = {"dict": 9.87e6, "redis_get": 12_345.0, "pg_select": 23_456.0}
+FLOOR_RATE: dict[FloorName, float] = {
+    "dict": 9.87e6,
+    "redis_get": 12_345.0,
+    "pg_select": 23_456.0,
+    "redis_cluster_get": 11_111.0,
+}
+ALL_STACKS: dict[str, StackSpec] = {**STACKS, **CLUSTER_STACKS}
+"""The default stacks and the Redis Cluster ones (``--redis-cluster-url``): the widest names."""
 
 
 def _sweep(spec_index: int, floor: FloorName, tiers: tuple[str, ...]) -> list[SweepPoint]:
@@ -40,7 +57,7 @@ def _sweep(spec_index: int, floor: FloorName, tiers: tuple[str, ...]) -> list[Sw
             floor_name=floor,
         )
         for depth, tier in enumerate(tiers):
-            name = "redis" if tier == "redis-cache" else tier
+            name = "redis" if tier in ("redis-cache", "redis-cluster-cache") else tier
             point.tier_hits[name] = (900 - 100 * depth, 100 + 100 * depth)
         if tiers:
             point.store_reads = ops // 100
@@ -59,7 +76,7 @@ def _result(*, skipped: tuple[str, ...] = ()) -> BenchResult:
     )
     for name, us in FLOOR_US.items():
         result.floors[name] = _latency(us, us * 1.9, 100 if name == "dict" else 1)
-    for i, spec in enumerate(STACKS.values()):
+    for i, spec in enumerate(ALL_STACKS.values()):
         stack = StackResult(spec)
         if spec.name in skipped:
             stack.status = "skipped"
@@ -80,7 +97,12 @@ def _result(*, skipped: tuple[str, ...] = ()) -> BenchResult:
     return result
 
 
-_SHORT: dict[FloorName, str] = {"dict": "dict", "redis_get": "GET", "pg_select": "SELECT"}
+_SHORT: dict[FloorName, str] = {
+    "dict": "dict",
+    "redis_get": "GET",
+    "pg_select": "SELECT",
+    "redis_cluster_get": "RC GET",
+}
 
 
 def spec_floor(stack: StackResult) -> FloorName:
@@ -104,7 +126,7 @@ def test_tables_fit_80_columns_and_show_every_stack_and_figure(width: int) -> No
     text = _render(result, width)
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= 80
-    for spec in STACKS.values():
+    for spec in ALL_STACKS.values():
         rows = [line for line in text.splitlines() if line.startswith(spec.label + "  ")]
         # a row in each table: hot path, throughput (its first level), hit ratios (if tiers), cold
         assert len(rows) == (4 if spec.tiers else 3), spec.label
@@ -169,7 +191,7 @@ def test_json_has_the_sweep_its_floors_and_the_hit_ratios() -> None:
     assert data["settings"]["local_size"] == 10_000
     assert data["settings"]["distribution"] == "zipf"
     assert data["pg_floor_connections"] == 10
-    assert set(data["throughput_floors"]) == {"dict", "redis_get", "pg_select"}
+    assert set(data["throughput_floors"]) == {"dict", "redis_get", "pg_select", "redis_cluster_get"}
     assert list(data["throughput_floors"]["redis_get"]) == [str(c) for c in SWEEP]
     stacks = {stack["name"]: stack for stack in data["stacks"]}
     assert stacks["redis-store"]["sweep"] == []
@@ -263,9 +285,9 @@ def test_exit_status_says_what_was_measured() -> None:
     code, said = status(failed)
     assert code == EXIT_FAILED == 1
     assert f"failed: {failed.stacks[2].spec.name}" in said
-    code, said = status(_result(skipped=tuple(STACKS)))
+    code, said = status(_result(skipped=tuple(ALL_STACKS)))
     assert code == EXIT_NOTHING_MEASURED == 3
-    assert f"nothing measured: all {len(STACKS)} requested stack(s)" in said
+    assert f"nothing measured: all {len(ALL_STACKS)} requested stack(s)" in said
 
 
 def test_paired_throughput_times_both_at_the_same_concurrency() -> None:
@@ -392,3 +414,51 @@ def test_the_floor_behind_a_local_tier() -> None:
         "redis-cache+postgres": "redis_get",
         "local+redis-cache+postgres": "redis_get",
     }
+    assert {name: spec.floor_behind_local for name, spec in CLUSTER_STACKS.items()} == {
+        "redis-cluster-store": "redis_cluster_get",
+        "redis-cluster-cache+postgres": "redis_cluster_get",
+        "local+redis-cluster-cache+postgres": "redis_cluster_get",
+    }
+
+
+def test_the_cluster_stacks_are_named_and_need_the_cluster() -> None:
+    """``--stacks`` accepts the Redis Cluster stacks by name; they need ``redis-cluster`` (and
+    PostgreSQL behind a tier), never the single Redis, so a default run is unchanged."""
+    from tiered_registry.bench.results import BenchOptions
+    from tiered_registry.bench.stacks import parse_stacks
+
+    chosen = parse_stacks("redis-cluster-cache+postgres, local > redis-cluster-cache > postgres")
+    assert [spec.name for spec in chosen] == [
+        "redis-cluster-cache+postgres",
+        "local+redis-cluster-cache+postgres",
+    ]
+    assert CLUSTER_STACKS["redis-cluster-store"].needs == {"redis-cluster"}
+    assert chosen[0].needs == {"redis-cluster", "postgres"}
+    assert chosen[0].label == "redis-cluster → postgres"
+    assert chosen[1].label == "local → redis-cluster → postgres"
+    assert not set(CLUSTER_STACKS) & {spec.name for spec in parse_stacks("all")}
+    assert "redis-cluster" not in BenchOptions().needs
+
+
+def test_the_cluster_line_compares_the_tier_hit_with_the_raw_cluster_get() -> None:
+    """Issue #13's target: the cluster's Redis-tier hit over redis-py's RedisCluster GET timed
+    alongside it (and over one Redis's tier hit); no line without that stack."""
+    from tiered_registry.bench.report import CLUSTER_TARGET, cluster_line
+
+    result = _result()
+    line = cluster_line(result)
+    assert line is not None
+    tier = next(s for s in result.stacks if s.spec.name == "redis-cluster-cache+postgres")
+    single = next(s for s in result.stacks if s.spec.name == "redis-cache+postgres")
+    assert tier.get_config is not None
+    assert tier.ratio is not None
+    assert single.get_config is not None
+    assert f"get_config median {format_latency(tier.get_config.median_ns)} vs RedisCluster GET" in line
+    assert f"{format_latency(PAIRED_US['redis_cluster_get'] * 1000)} = {tier.ratio:.2f}x" in line
+    assert f"(target: at most {CLUSTER_TARGET:g}x)" in line
+    over_single = tier.get_config.median_ns / single.get_config.median_ns
+    assert (
+        f"vs one Redis's tier hit {format_latency(single.get_config.median_ns)} = {over_single:.2f}x" in line
+    )
+    assert f"{SWEEP[-1]} tasks: " in line
+    assert cluster_line(_result(skipped=("redis-cluster-cache+postgres",))) is None

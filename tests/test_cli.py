@@ -236,6 +236,94 @@ def test_unreachable_server_is_skipped_and_said(database_url: str) -> None:
     assert any(line.startswith("* skipped: redis-cache+postgres") for line in last_lines), result.stderr
 
 
+def test_pgbouncer_dsn_measures_the_store_through_it_next_to_the_direct_one(
+    redis_url: str, database_url: str, pgbouncer_url: str
+) -> None:
+    """``--pgbouncer-dsn`` adds ``postgres-pgbouncer`` and the line comparing its reads with
+    ``postgres``'s; a PgBouncer DSN marked ``?pgbouncer=true`` works as ``--postgres-dsn`` too
+    (floors included: their statements are unnamed then). Nothing is left behind."""
+    result = _bench(
+        "--stacks", "postgres", *TINY, "--postgres-dsn", database_url,
+        "--pgbouncer-dsn", pgbouncer_url, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    stacks = {stack["name"]: stack for stack in data["stacks"]}
+    assert [stacks[name]["status"] for name in ("postgres", "postgres-pgbouncer")] == ["ok", "ok"]
+    assert "via PgBouncer" in data["services"]["pgbouncer"]["version"]
+    line = " ".join(result.stderr.split())
+    assert re.search(r"PgBouncer .* vs direct, read cost: get_config median .* = [0-9.]+x", line), line
+    assert asyncio.run(_leftovers(data["namespace"], redis_url, database_url)) == ([], [])
+
+    marked = f"{pgbouncer_url}{'&' if '?' in pgbouncer_url else '?'}pgbouncer=true"
+    result = _bench("--stacks", "postgres", *TINY, "--postgres-dsn", marked, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["stacks"][0]["status"] == "ok", data["stacks"][0]
+    assert "pg_select" in data["floors"], data["floor_errors"]
+    assert "PgBouncer" not in result.stderr  # the default output is unchanged without --pgbouncer-dsn
+    assert asyncio.run(_leftovers(data["namespace"], redis_url, database_url)) == ([], [])
+
+
+async def _cluster_leftovers(prefix: str, redis_cluster_url: str) -> list[bytes]:
+    """Keys containing the run's prefix on any master of the cluster."""
+    from tiered_registry.redis_client import make_client
+
+    client, _ = make_client(redis_cluster_url)
+    try:
+        return [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+    finally:
+        await client.aclose()
+
+
+def test_redis_cluster_url_adds_the_cluster_stacks_and_their_floor(
+    redis_url: str, database_url: str, redis_cluster_url: str
+) -> None:
+    """``--redis-cluster-url`` adds the Redis Cluster stacks next to the asked-for ones, the raw
+    RedisCluster GET floor (alone and at each concurrency of the sweep), and the line comparing
+    the cluster's Redis-tier hit with it (and with one Redis's); no key is left on any master."""
+    result = _bench(
+        "--stacks", "redis-cache+postgres", *TINY, "--redis-url", redis_url, "--postgres-dsn", database_url,
+        "--redis-cluster-url", redis_cluster_url, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    stacks = {stack["name"]: stack for stack in data["stacks"]}
+    assert list(stacks) == [
+        "redis-cache+postgres",
+        "redis-cluster-store",
+        "redis-cluster-cache+postgres",
+        "local+redis-cluster-cache+postgres",
+    ]
+    for name, stack in stacks.items():
+        assert stack["status"] == "ok", (name, stack["reason"])
+        _positive_latency(stack["get_config"])
+    assert "cluster of 3 masters" in data["services"]["redis-cluster"]["version"]
+    _positive_latency(data["floors"]["redis_cluster_get"])
+    assert list(data["throughput_floors"]["redis_cluster_get"]) == ["1", "4"]
+    tier = stacks["redis-cluster-cache+postgres"]
+    assert tier["floor"] == "redis_cluster_get"
+    assert tier["hit_ratio"]["redis"] == 1.0  # its get_config figures are Redis-tier hits
+    assert [point["floor_name"] for point in tier["sweep"]] == ["redis_cluster_get"] * 2
+    line = " ".join(result.stderr.split())
+    assert re.search(
+        r"Redis Cluster, Redis-tier hit \(redis-cluster → postgres\): get_config median .* vs "
+        r"RedisCluster GET .* = [0-9.]+x \(target: at most 1.15x\) · vs one Redis's tier hit .* = [0-9.]+x",
+        line,
+    ), line
+    assert asyncio.run(_cluster_leftovers(data["namespace"], redis_cluster_url)) == []
+    assert asyncio.run(_leftovers(data["namespace"], redis_url, database_url)) == ([], [])
+
+
+def test_the_cluster_stacks_without_a_cluster_are_skipped_and_said(database_url: str) -> None:
+    """Named in ``--stacks`` without ``--redis-cluster-url``: skipped, saying why (a default run
+    never needs a cluster)."""
+    result = _bench("--stacks", "memory,redis-cluster-cache+postgres", *TINY, "--postgres-dsn", database_url)
+    assert result.returncode == 0, result.stderr
+    assert "* skipped: redis-cluster-cache+postgres: redis-cluster: no URL given" in result.stdout
+    assert "Redis Cluster" not in result.stdout
+
+
 def _free_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -412,6 +412,11 @@ def test_list_and_count_filter_by_metadata_and_sort(run: Run, tmp_path: Path) ->
     assert ids("--sort", "metadata.region") == ["bot-c", "bot-a", "bot-b"]
     assert ids("--sort=-metadata.region", "--meta", "tenant=acme") == ["bot-a", "bot-c"]
     assert ids("--sort", "status", "--sort=-bot_id") == ["bot-c", "bot-b", "bot-a"]
+    assert ids("--after", "bot-a", "--limit", "1") == ["bot-b"]  # keyset paging
+    assert ids("--after", "bot-c") == []
+    with_sort = run("list", "--after", "bot-a", "--sort", "created_at")
+    assert with_sort.returncode == EXIT_USAGE
+    assert "after: keyset paging" in with_sort.stderr
     assert run("count", "--meta", "tenant=acme").stdout.strip() == "2"
     assert run("count", "--meta", "tenant=acme", "--status", "inactive").stdout.strip() == "0"
 

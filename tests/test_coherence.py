@@ -266,3 +266,34 @@ async def test_local_over_a_redis_store_is_coherent_too(redis_url, namespace) ->
         await writer.unregister("bot")
         await _eventually(lambda: _equals(reader.get_config("bot"), None))
         await writer.clear()
+
+
+async def test_stacks_whose_store_is_behind_pgbouncer_are_coherent_too(make_stack, pgbouncer_url) -> None:
+    """The first test again, with each instance's store reached through PgBouncer in transaction
+    pool mode (``PGBOUNCER_URL``; skipped, saying so, without one)."""
+
+    async def make() -> TieredBackend:
+        return await make_stack(database=pgbouncer_url, store_options={"pgbouncer": True})
+
+    await test_a_write_in_one_instance_evicts_the_others_local_copy(make)
+
+
+async def test_a_burst_of_writes_is_announced_in_few_messages(make_stack) -> None:
+    """Publishes made while one is in flight are merged into one message: a burst of 200 writes
+    sends far fewer than 200 messages, and the other process still learns of every bot."""
+    writer, reader = await make_stack(), await make_stack()
+    bots = [f"b{i}" for i in range(200)]
+    await writer.register_many({b: {"v": 0} for b in bots})
+    assert [await reader.get_config(b) for b in bots] == [{"v": 0}] * 200
+    channel = writer._coherence
+    assert channel is not None
+    assert channel.coalesce
+    before = channel.published
+    await writer.register("lone", {"v": 1})  # nothing in flight: its own message, at once
+    assert channel.published == before + 1
+    before = channel.published
+    await asyncio.gather(*(writer.register(b, {"v": 1}) for b in bots))
+    sent = channel.published - before
+    assert 1 <= sent < 100, sent
+    for b in bots:
+        await _eventually(lambda b=b: _equals(reader.get_config(b), {"v": 1}))

@@ -53,7 +53,7 @@ def test_schema_prints_the_statements_initialize_runs() -> None:
     # The same text PostgresBackend runs (one source), each statement ended by ';'.
     assert _statements(ddl) == list(Statements("public", DEFAULT_TABLE).ddl)
     assert ddl.count("CREATE TABLE IF NOT EXISTS") == 1
-    assert ddl.count("CREATE INDEX IF NOT EXISTS") == 2
+    assert ddl.count("CREATE INDEX IF NOT EXISTS") == 3  # status, metadata, last_accessed_at
     assert f'"public"."{DEFAULT_TABLE}"' in ddl
     assert "CREATE SCHEMA" not in ddl  # public exists
 

@@ -71,7 +71,7 @@ async def test_two_backends_initializing_at_once_create_one_table(make: Make, pg
     await first.register("bot", {"v": 1})
     assert await second.get_config("bot") == {"v": 1}
     indexes = await pg.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = $1", namespace)
-    assert indexes == 3  # primary key, (status, bot_id), GIN on metadata
+    assert indexes == 4  # primary key, (status, bot_id), GIN on metadata, (last_accessed_at, bot_id)
 
 
 async def test_concurrent_initialize_in_a_new_schema(make: Make, pg) -> None:
@@ -95,7 +95,7 @@ async def test_a_long_table_name_gets_distinct_index_names(make: Make, pg) -> No
     for name in names:
         await make(table=name)
     indexes = await pg.fetch("SELECT indexname FROM pg_indexes WHERE tablename = ANY($1::text[])", names)
-    assert len({r["indexname"] for r in indexes}) == 6
+    assert len({r["indexname"] for r in indexes}) == 8
 
 
 @pytest.mark.parametrize(

@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
 from .access import AccessRecorder, AccessView
+from .bulk import DEFAULT_LOAD_CHUNK, JsonItem, RegisterItem
+from .bulk import load as bulk_load
 from .errors import BackendClosedError, BackendNotInitializedError, InvalidInputError, InvalidTypeError
 from .frozen import FrozenDict
 from .models import Registration, utcnow
 from .query import Query, SortArg
-from .validation import validate_bot_id, validate_config, validate_metadata, validate_status
+from .validation import (
+    MAX_METADATA_BYTES,
+    validate_bot_id,
+    validate_config,
+    validate_json,
+    validate_metadata,
+    validate_status,
+)
 
 __all__ = ["BackendBase", "RegisterItem"]
-
-RegisterItem = tuple[str, FrozenDict, str, FrozenDict | None]
-"""One validated item of ``register_many``: bot id, config, status, metadata (None keeps the stored)."""
 
 _NEW: Final = 0
 _OPEN: Final = 1
@@ -286,6 +292,54 @@ class BackendBase(abc.ABC):
             return []
         return await self._register_many(checked)
 
+    async def load(
+        self,
+        items: Mapping[str, Mapping[str, Any]] | Iterable[tuple[Any, ...]],
+        *,
+        status: str = "active",
+        metadata: Mapping[str, Any] | None = None,
+        chunk_size: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Bulk load: register every item (as :meth:`register_many` takes them), ``chunk_size`` at
+        a time, and return how many were written. For 10^5-10^6 bots: ``items`` may be a generator
+        (read once, never held whole), nothing is returned per bot, and the next chunk is validated
+        while the last one is being written.
+
+        Not all or nothing: each chunk is written on its own (PostgreSQL: committed), so an
+        invalid item (or a bot id given twice anywhere in the call) raises
+        :class:`~tiered_registry.InvalidInputError`, naming its index, after the chunks before its
+        own were written. Check the input first when that matters (``tiered-registry import``
+        does). ``progress(n)`` is called after each chunk with the number of items it wrote.
+        ``chunk_size``: items per write, by default ``_LOAD_CHUNK`` of the backend (PostgreSQL
+        10,000; others 1,000: one Redis script call of 1,000 bots holds Redis 25-65 ms, of 10,000
+        several times that, and was slower overall). See :mod:`~tiered_registry.bulk`.
+        """
+        return await bulk_load(
+            self,
+            items,
+            status=status,
+            metadata=metadata,
+            chunk_size=self._LOAD_CHUNK if chunk_size is None else chunk_size,
+            progress=progress,
+        )
+
+    async def _load_chunk(self, items: Sequence[RegisterItem]) -> None:
+        """Write one chunk of :meth:`load` (validated, distinct ids). This default is
+        :meth:`_register_many` (a stack writes through its tiers); PostgreSQL overrides it."""
+        await self._register_many(items)
+
+    _LOAD_CHUNK = DEFAULT_LOAD_CHUNK
+    """Default ``chunk_size`` of :meth:`load`."""
+
+    _LOADS_JSON = False
+    """True: :meth:`load` validates items to JSON text (no frozen copies) and calls
+    :meth:`_load_json_chunk` instead of :meth:`_load_chunk`."""
+
+    async def _load_json_chunk(self, items: Sequence[JsonItem]) -> None:
+        """Write one chunk of :meth:`load` given as JSON text (see ``_LOADS_JSON``)."""
+        raise NotImplementedError
+
     # ---- lists and counts ------------------------------------------------------------------
 
     async def list_all(
@@ -296,6 +350,7 @@ class BackendBase(abc.ABC):
         sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        after: str | None = None,
     ) -> list[Registration]:
         """Registrations, optionally of one ``status``, as a list (not accesses).
 
@@ -304,9 +359,15 @@ class BackendBase(abc.ABC):
         of these; fields are ``bot_id``, ``status``, ``created_at``, ``updated_at``,
         ``last_accessed_at`` or ``metadata.KEY`` (descending: ``("created_at", "desc")``). Ties and the
         default order are by ``bot_id``. ``offset``/``limit`` page the sorted result.
+
+        ``after``: keyset paging, only bots whose id is greater than ``after`` (code-point order),
+        in ``bot_id`` order: pass the last id of a page to get the next one. Each page then costs
+        the same however deep it is (a deep ``offset`` reads and drops every row before it). It
+        does not combine with another ``sort`` (:class:`~tiered_registry.InvalidInputError`);
+        ``offset`` counts from the key.
         """
         query = Query.build(
-            status=status, filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset
+            status=status, filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset, after=after
         )
         self._check_open()
         if any(key.field == "last_accessed_at" for key in query.sort):
@@ -324,10 +385,16 @@ class BackendBase(abc.ABC):
         sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        after: str | None = None,
     ) -> list[Registration]:
         """Active registrations; the options are those of :meth:`list_all`."""
         return await self.list_all(
-            status="active", filter_metadata=filter_metadata, sort=sort, limit=limit, offset=offset
+            status="active",
+            filter_metadata=filter_metadata,
+            sort=sort,
+            limit=limit,
+            offset=offset,
+            after=after,
         )
 
     async def list_inactive(
@@ -337,6 +404,7 @@ class BackendBase(abc.ABC):
         sort: SortArg | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        after: str | None = None,
     ) -> list[Registration]:
         """Inactive registrations; the options are those of :meth:`list_all`."""
         return await self.list_all(
@@ -345,12 +413,24 @@ class BackendBase(abc.ABC):
             sort=sort,
             limit=limit,
             offset=offset,
+            after=after,
         )
 
     async def list_ids(self) -> list[str]:
         """The ids of the active bots, sorted."""
         self._check_open()
         return await self._list_ids()
+
+    async def recently_accessed(self, limit: int) -> list[str]:
+        """The ids of the ``limit`` most recently accessed bots (any status), latest first, ties by
+        ``bot_id``: what a warm start preloads (``TieredBackend(preload=N)``). This process's
+        pending accesses are written first. PostgreSQL walks its index on ``last_accessed_at``;
+        the in-memory and Redis stores sort every record in Python (Redis: a walk of all of them).
+        """
+        checked = _parse_limit(limit)
+        self._check_open()
+        await self.flush_accesses()
+        return await self._recently_accessed(checked) if checked else []
 
     async def count_all(
         self, *, status: str | None = None, filter_metadata: Mapping[str, Any] | None = None
@@ -500,6 +580,10 @@ class BackendBase(abc.ABC):
     async def _list_ids(self) -> list[str]:
         return [r.bot_id for r in await self._select(Query(status="active"))]
 
+    async def _recently_accessed(self, limit: int) -> list[str]:
+        query = Query.build(sort=[("last_accessed_at", "desc")], limit=limit)
+        return [r.bot_id for r in await self._select(query)]
+
     async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
         for record in await self._select(query):
             yield record
@@ -543,15 +627,40 @@ def _unique_ids(bot_ids: object) -> list[str]:
     return list(ids)
 
 
+def _parse_limit(limit: object) -> int:
+    checked = Query.build(limit=limit).limit
+    if checked is None:
+        raise InvalidTypeError("limit", "must be an int, got None")
+    return checked
+
+
 def _check_items(items: object, status: object, metadata: object) -> list[RegisterItem]:
     """The items of ``register_many`` validated and normalized, or an error naming the bad one."""
     default_status = validate_status(status)
     default_metadata = None if metadata is None else validate_metadata(metadata)
+    return check_items_part(raw_items(items), 0, default_status, default_metadata, {})
+
+
+def raw_items(items: object) -> Iterable[Any]:
+    """The items of ``register_many``/``load`` as an iterable of tuples (a mapping's items)."""
     what = "a mapping of bot id to config, or a list of (bot_id, config[, status[, metadata]]) tuples"
-    raw: Iterable[Any] = items.items() if isinstance(items, Mapping) else _iterable(items, "items", what)
-    checked: list[RegisterItem] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(raw):
+    return items.items() if isinstance(items, Mapping) else _iterable(items, "items", what)
+
+
+def _check_part(
+    items: Iterable[Any],
+    start: int,
+    default_status: str,
+    default_metadata: Any,
+    seen: dict[str, int],
+    config_of: Callable[[object], Any],
+    metadata_of: Callable[[object], Any],
+) -> list[Any]:
+    """Validate ``items``, the part of a call's items from index ``start`` on, into
+    ``(bot_id, config_of(config), status, metadata_of(metadata) or default_metadata)``; ``seen``
+    maps the ids of the earlier parts to their index (a repeated id is an error) and is updated."""
+    checked: list[Any] = []
+    for i, item in enumerate(items, start):
         if not isinstance(item, tuple | list) or not 2 <= len(item) <= 4:
             raise InvalidTypeError(
                 f"items[{i}]", f"expected (bot_id, config[, status[, metadata]]), got {_shown(item)}"
@@ -561,9 +670,9 @@ def _check_items(items: object, status: object, metadata: object) -> list[Regist
         item_metadata = rest[1] if len(rest) > 1 else None
         try:
             bot_id = validate_bot_id(bot_id)
-            frozen_config = validate_config(config)
+            checked_config = config_of(config)
             item_status = validate_status(item_status)
-            frozen_metadata = default_metadata if item_metadata is None else validate_metadata(item_metadata)
+            checked_metadata = default_metadata if item_metadata is None else metadata_of(item_metadata)
         except InvalidInputError as exc:
             raise type(exc)(f"items[{i}] (bot_id {_shown(bot_id)})", f"{exc.field}: {exc.problem}") from None
         if bot_id in seen:
@@ -572,5 +681,38 @@ def _check_items(items: object, status: object, metadata: object) -> list[Regist
                 f"the same bot id as items[{seen[bot_id]}]; give each bot once per call",
             )
         seen[bot_id] = i
-        checked.append((bot_id, frozen_config, item_status, frozen_metadata))
+        checked.append((bot_id, checked_config, item_status, checked_metadata))
     return checked
+
+
+def check_items_part(
+    items: Iterable[Any],
+    start: int,
+    default_status: str,
+    default_metadata: FrozenDict | None,
+    seen: dict[str, int],
+) -> list[RegisterItem]:
+    """Validate a part of a call's items (see :func:`_check_part`), configs and metadata frozen."""
+    checks = (validate_config, validate_metadata)
+    return _check_part(items, start, default_status, default_metadata, seen, *checks)
+
+
+def _json_text(value: object) -> str:
+    return validate_json(value).decode()
+
+
+def _metadata_json_text(value: object) -> str:
+    return validate_json(value, "metadata", MAX_METADATA_BYTES).decode()
+
+
+def check_json_part(
+    items: Iterable[Any],
+    start: int,
+    default_status: str,
+    default_metadata: str | None,
+    seen: dict[str, int],
+) -> list[JsonItem]:
+    """:func:`check_items_part` for a store that writes JSON text (``load`` into PostgreSQL):
+    the same checks and errors, each config and metadata returned as its JSON, not frozen."""
+    checks = (_json_text, _metadata_json_text)
+    return _check_part(items, start, default_status, default_metadata, seen, *checks)

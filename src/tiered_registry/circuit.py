@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from .tiers.base import CacheTier
+from .tiers.base import TIER_FAILURES, CacheTier
 
 __all__ = ["TierGuard"]
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _CLOSED: Final = "closed"
 _OPEN: Final = "open"
 _HALF_OPEN: Final = "half-open"
+_FAILURES_PER_SETTLE: Final = 3
 
 
 class TierGuard:
@@ -199,7 +200,8 @@ class TierGuard:
 
     async def settle(self, paid: Callable[[str | None], object] = lambda bot_id: None) -> None:
         """Pay the owed invalidations, calling ``paid`` with each key as it is paid (``None``:
-        everything). Raises the tier's error if it is still down; what was paid stays paid.
+        everything). Raises the tier's (first) error if some key could not be paid; what was
+        paid stays paid.
         A debt incurred while its payment was in flight stays owed (the next settle pays it)."""
         if self._everything is not None:
             owed_at, since = self._everything, self.generation
@@ -208,11 +210,26 @@ class TierGuard:
                 self._everything = None
             self._forget_owed(since)
             paid(None)
+        # One key failing does not stop the others: on a Redis Cluster with one master down,
+        # the keys on the other masters are paid now, not when that master is back. Three
+        # failures in a row (a whole Redis down: each costs a timeout) end this round.
+        first_error: BaseException | None = None
+        in_a_row = 0
         for bot_id, owed_at in list(self._owed.items()):
-            await self.tier.invalidate(bot_id)
+            try:
+                await self.tier.invalidate(bot_id)
+            except TIER_FAILURES as exc:
+                first_error = first_error or exc
+                in_a_row += 1
+                if in_a_row >= _FAILURES_PER_SETTLE:
+                    break
+                continue
+            in_a_row = 0
             if self._owed.get(bot_id) == owed_at:
                 del self._owed[bot_id]
             paid(bot_id)
+        if first_error is not None:
+            raise first_error
         self.healthy = self.state == _CLOSED and self._failures == 0 and not self.owes
         self._changed()
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, operate
 from .bench.results import DEFAULT_CONCURRENCY, BenchOptions, BenchResult, Endpoints, Progress, redact_url
 from .bench.runner import new_run_prefix, run_bench, steps_for
-from .bench.stacks import STACKS, StackSpec, parse_stacks
+from .bench.stacks import CLUSTER_STACKS, PGBOUNCER_STACKS, STACKS, StackSpec, parse_stacks
 from .bench.workload import DISTRIBUTIONS, MIN_CONFIG_SIZE, ZIPF_EXPONENT
 from .validation import MAX_CONFIG_BYTES
 
@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: max(10000, 2 x bots): every bot fits)",
     )
     workload.add_argument(
+        "--at-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="also load N distinct bots and report bytes per cached bot, the process's RSS, a "
+        "local hit with N bots cached vs 1000, and a Redis-tier hit over N bots vs GET + "
+        "orjson.loads (about 60 s more at 100000; default: not measured)",
+    )
+    workload.add_argument(
         "--concurrency",
         type=_concurrency,
         default=DEFAULT_CONCURRENCY,
@@ -206,7 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument(
         "--postgres-dsn",
         metavar="DSN",
-        help="PostgreSQL to use (default: $DATABASE_URL, else an embedded server)",
+        help="PostgreSQL to use (default: $DATABASE_URL, else an embedded server); behind PgBouncer "
+        "in transaction pool mode, add ?pgbouncer=true",
+    )
+    servers.add_argument(
+        "--pgbouncer-dsn",
+        metavar="DSN",
+        help="also measure the stack postgres-pgbouncer: the PostgreSQL store through this PgBouncer "
+        "(transaction pool mode, pgbouncer=True), next to the direct one; reports its read cost "
+        "against postgres's (default: not measured)",
+    )
+    servers.add_argument(
+        "--redis-cluster-url",
+        metavar="URL",
+        help="also measure the stacks on this Redis Cluster (redis+cluster://host:port, any node): "
+        f"{', '.join(CLUSTER_STACKS)}, next to a raw redis-py RedisCluster GET floor; reports "
+        "the cluster's Redis-tier hit against that floor (default: not measured)",
     )
     output = bench.add_argument_group("output")
     output.add_argument(
@@ -327,6 +351,13 @@ def _print_report(result: BenchResult, out: Console) -> None:
     out.print(report.machine_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.settings_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.floors_line(result), markup=False, highlight=False, soft_wrap=True)
+    out.print(report.memory_line(result), markup=False, highlight=False, soft_wrap=True)
+    pgbouncer = report.pgbouncer_line(result)
+    if pgbouncer:
+        out.print(pgbouncer, markup=False, highlight=False, soft_wrap=True)
+    cluster = report.cluster_line(result)
+    if cluster:
+        out.print(cluster, markup=False, highlight=False, soft_wrap=True)
     for table in report.render_tables(result):
         out.print()
         out.print(table)
@@ -348,8 +379,14 @@ def _bench(args: argparse.Namespace, started: float) -> int:
     out = err if json_to_stdout else Console()
     if not out.is_terminal:
         out = Console(stderr=json_to_stdout, width=max(out.width, 170))
+    stacks = args.stacks
+    if args.pgbouncer_dsn and "postgres-pgbouncer" not in {spec.name for spec in stacks}:
+        stacks = (*stacks, PGBOUNCER_STACKS["postgres-pgbouncer"])
+    if args.redis_cluster_url:
+        chosen = {spec.name for spec in stacks}
+        stacks = (*stacks, *(spec for name, spec in CLUSTER_STACKS.items() if name not in chosen))
     options = BenchOptions(
-        stacks=args.stacks,
+        stacks=stacks,
         bots=args.bots,
         config_size=args.config_size,
         distribution=args.distribution,
@@ -357,6 +394,7 @@ def _bench(args: argparse.Namespace, started: float) -> int:
         duration=args.duration,
         seed=args.seed,
         local_size=args.local_size,
+        at_size=args.at_size,
     )
     with _start_services(args, options, err) as services:
         endpoints = Endpoints(
@@ -365,6 +403,15 @@ def _bench(args: argparse.Namespace, started: float) -> int:
             sources=dict(services.sources),
             errors={name: str(error) for name, error in services.errors.items()},
         )
+        if args.pgbouncer_dsn:  # marked, so that every connection to it (probe, cleanup) is unnamed
+            dsn = args.pgbouncer_dsn
+            endpoints.pgbouncer_dsn = (
+                dsn if "pgbouncer=" in dsn else f"{dsn}{'&' if '?' in dsn else '?'}pgbouncer=true"
+            )
+            endpoints.sources["pgbouncer"] = "argument"
+        if args.redis_cluster_url:
+            endpoints.redis_cluster_url = args.redis_cluster_url
+            endpoints.sources["redis-cluster"] = "argument"
         prefix = new_run_prefix()
         err.print(
             f"measuring {len(options.stacks)} stack(s) in {steps_for(options)} steps, "

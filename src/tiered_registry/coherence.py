@@ -17,6 +17,20 @@ each other throughout a deploy. Version 3 adds one message for many bots (a ``re
 ``"ks": [bot ids], "es": [kinds]``, sent with ``"k": null, "e": "resync"`` so that a version-2
 reader, which knows only ``k``, flushes its whole local tier: more than needed, never too little.
 
+On Redis Cluster the channel is a *sharded* one by default (``SPUBLISH``/``SSUBSCRIBE``, Redis
+7+): a message goes to the one master that owns the channel's slot, and only its subscribers read
+it there. Classic ``PUBLISH`` on a cluster is relayed over the cluster bus to every node, so each
+message costs every master, and that grows with the cluster (``sharded=False`` keeps it, e.g. for
+a server older than 7; docs/scaling.md has the measurements). Either way the listener holds one
+plain connection to the node that owns the channel's slot; when that slot moves (the server sends
+``sunsubscribe``) or the node fails, the channel is down and the listener finds the new owner.
+
+Coalescing. Every message costs Redis a little per subscriber (docs/scaling.md: with a thousand
+processes listening, one message is milliseconds of server CPU), so under a burst of writes
+messages are merged: a publish that finds another in flight waits for it and then goes out with
+all the others that arrived meanwhile as one version-3 message (a :class:`~tiered_registry.
+batching.Batcher` with one message in flight). A lone write still publishes at once.
+
 Why pub/sub and not Redis client-side caching (``CLIENT TRACKING ... BCAST``)? Tracking needs
 RESP3 push handling on the connection that reads, which redis-py's asyncio client does not expose
 for a separate invalidation connection; plain pub/sub works with every Redis and Valkey version,
@@ -56,9 +70,21 @@ from typing import Any, Final
 
 import orjson
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from .errors import BackendUnavailableError
-from .redis_client import is_setup_error, make_client, map_redis_errors, redact_url, validate_namespace
+from .batching import Batcher
+from .errors import BackendClosedError, BackendUnavailableError
+from .redis_client import (
+    is_cluster,
+    is_cluster_source,
+    is_setup_error,
+    make_client,
+    map_redis_errors,
+    redact_url,
+    validate_namespace,
+)
 from .tasks import cancel_and_wait
 
 __all__ = ["InvalidationChannel"]
@@ -74,6 +100,10 @@ it needs); only a message for many bots is version 3."""
 _ONE_BOT_VERSION: Final = 2
 MAX_KEYS_PER_MESSAGE: Final = 1000
 """Bots named in one message (about 30 KB): more are sent as several messages."""
+_NODE_OPTIONS: Final = frozenset(
+    {"host", "port", "username", "password", "credential_provider", "client_name", "socket_connect_timeout"}
+)
+"""What a plain connection to one cluster node keeps of the cluster client's node settings."""
 _LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -116,7 +146,7 @@ class InvalidationChannel:
 
     def __init__(
         self,
-        url_or_client: str | aredis.Redis,
+        url_or_client: str | aredis.Redis | RedisCluster,
         *,
         namespace: str = "tiered_registry",
         channel: str | None = None,
@@ -124,8 +154,16 @@ class InvalidationChannel:
         ping_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         publish_timeout: float = 0.5,
+        sharded: bool | None = None,
+        coalesce: bool = True,
     ) -> None:
+        """``sharded``: on Redis Cluster, ``SPUBLISH``/``SSUBSCRIBE`` (the default) or classic
+        ``PUBLISH``/``SUBSCRIBE`` (``False``); a single Redis always uses classic pub/sub.
+        ``coalesce``: publishes made while one is in flight go out together as one message (see
+        the module notes); ``False`` sends one message per bot."""
         self.namespace = validate_namespace(namespace)
+        self.cluster = is_cluster_source(url_or_client)
+        self.sharded = self.cluster if sharded is None else bool(sharded) and self.cluster
         self.channel = channel or f"{{{self.namespace}}}:invalidations"
         self.sender = uuid.uuid4().hex
         self.subscriber_name = f"tiered-registry-sub-{self.namespace}-{self.sender[:8]}"
@@ -151,6 +189,10 @@ class InvalidationChannel:
         self.lag = LagHistogram()
         self.since = time.time()  # when :attr:`status` last changed (Unix seconds)
         self._status = "down"
+        self.coalesce = coalesce
+        self._coalescer: Batcher[tuple[str, str], bool] = Batcher(
+            self._publish_one, self._publish_coalesced, max_batch=self.max_keys_per_message, max_in_flight=1
+        )
 
     @property
     def status(self) -> str:
@@ -218,6 +260,7 @@ class InvalidationChannel:
         """Stop listening and publishing, and close the connections the channel opened. Idempotent."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        await self._coalescer.close()
         self._up = False
         publisher, self._publisher = self._publisher, None
         self._update_status()
@@ -228,6 +271,20 @@ class InvalidationChannel:
         """Tell the other processes that ``bot_id`` (``None``: everything) changed, and how
         (``kind``); False if Redis could not be reached (logged, not raised: the write itself has
         succeeded; the caller owes the message)."""
+        if bot_id is None or not self.coalesce:
+            return await self._publish_one((bot_id, kind))
+        try:
+            return await self._coalescer.load((bot_id, kind))
+        except BackendClosedError:  # the channel stopped while this one waited: not sent
+            return False
+
+    async def _publish_coalesced(self, changes: list[tuple[str, str]]) -> list[bool]:
+        """Publishes that waited for the one in flight: one message for all of them."""
+        sent = await self.publish_many(changes)
+        return [sent] * len(changes)
+
+    async def _publish_one(self, change: tuple[str | None, str]) -> bool:
+        bot_id, kind = change
         return await self._send(
             {
                 "v": _ONE_BOT_VERSION,
@@ -263,7 +320,10 @@ class InvalidationChannel:
         message = orjson.dumps(fields)
         try:
             async with map_redis_errors("invalidation publish"):
-                await self._publisher.publish(self.channel, message)
+                if self.sharded:
+                    await self._publisher.spublish(self.channel, message)
+                else:
+                    await self._publisher.publish(self.channel, message)
         except BackendUnavailableError:
             # Count it and go on: the write itself succeeded. The caller owes the message and
             # publishes it again later. Logged once per run of failures (a Redis outage fails
@@ -331,17 +391,45 @@ class InvalidationChannel:
             )
         else:  # a client passed in: its pool lends the subscriber a connection of its own
             client, owned = self._source, False
-        pubsub = client.pubsub()
+        node_client: Any = None
+        pubsub: Any = None
         try:
             async with map_redis_errors("invalidation subscribe"):
-                await pubsub.subscribe(self.channel)
+                if is_cluster(client):
+                    node_client = await self._node_client(client)
+                    pubsub = node_client.pubsub()
+                else:
+                    pubsub = client.pubsub()
+                if self.sharded:
+                    await pubsub.ssubscribe(self.channel)
+                else:
+                    await pubsub.subscribe(self.channel)
                 await self._read(pubsub)
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-            if owned:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+            for closing in (pubsub, node_client, client if owned else None):
+                if closing is not None:
+                    with contextlib.suppress(Exception):
+                        await closing.aclose()
+
+    async def _node_client(self, cluster: RedisCluster) -> aredis.Redis:
+        """A plain client (no retries, no timeout) to the cluster node that owns the channel's
+        slot: a sharded channel must be read there, and one connection we watch ourselves keeps
+        the rule "any error means down" (redis-py's cluster pub/sub would move it silently)."""
+        await cluster.initialize()  # the current slot owners (a failover may have moved them)
+        node = cluster.get_node_from_key(self.channel)
+        if node is None:
+            raise BackendUnavailableError(f"{self.channel}: no cluster node serves the channel's slot")
+        settings = node.connection_kwargs
+        options = {k: v for k, v in settings.items() if k in _NODE_OPTIONS or k.startswith("ssl")}
+        pool = aredis.ConnectionPool(
+            connection_class=node.connection_class,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            decode_responses=False,
+            client_name=self.subscriber_name,
+            **{k: v for k, v in options.items() if k != "client_name"},
+        )
+        return aredis.Redis.from_pool(pool)
 
     async def _read(self, pubsub: Any) -> None:
         last_heard = time.monotonic()
@@ -353,11 +441,13 @@ class InvalidationChannel:
                 last_heard = now
                 ping_sent = None
                 kind = message["type"]
-                if kind == "subscribe":
+                if kind in ("subscribe", "ssubscribe"):
                     self._set_up(True)
                     self._first_subscribe.set()
-                elif kind == "message":
+                elif kind in ("message", "smessage"):
                     self._handle(message["data"])
+                elif kind == "sunsubscribe":  # the server dropped us: the channel's slot moved
+                    raise BackendUnavailableError(f"{self.channel}: the cluster moved the channel's slot")
                 continue
             if ping_sent is None and now - last_heard >= self.ping_interval:
                 await pubsub.ping()

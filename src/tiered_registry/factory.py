@@ -52,6 +52,8 @@ class StackSpec(TypedDict, total=False):
     reset_timeout: float
     track_access: bool
     strict: bool
+    preload: int
+    preload_timeout: float
 
 
 # type name -> "module:Class" (imported lazily: the redis/postgres extras may not be installed)

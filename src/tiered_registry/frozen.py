@@ -84,6 +84,12 @@ class FrozenList(list[Any]):
         return f"FrozenList({list.__repr__(self)})"
 
 
+EMPTY: Final = FrozenDict()
+"""The one empty ``FrozenDict`` that freezing returns (read-only, so one object serves every bot
+whose metadata or nested dict is empty: ~64 bytes saved per cached bot each)."""
+EMPTY_LIST: Final = FrozenList()
+"""The one empty ``FrozenList`` that freezing returns."""
+
 _LEAVES: Final = frozenset({str, int, float, bool, type(None)})
 
 
@@ -94,8 +100,12 @@ def _freeze_value(value: Any) -> Any:
     if kind in _LEAVES:
         return value
     if kind is dict:
+        if not value:
+            return EMPTY
         return FrozenDict({k: v if type(v) in _LEAVES else _freeze_value(v) for k, v in value.items()})
     if kind is list:
+        if not value:
+            return EMPTY_LIST
         return FrozenList([v if type(v) in _LEAVES else _freeze_value(v) for v in value])
     if kind is FrozenDict or kind is FrozenList:
         return value

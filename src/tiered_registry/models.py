@@ -117,17 +117,29 @@ class Registration:
         updated_at: datetime,
         last_accessed_at: datetime,
     ) -> Registration:
-        """Build from data a backend decoded from its own storage (already validated once)."""
+        """Build from data a backend decoded from its own storage (already validated once).
+
+        Every cached record is built here, so it shares what it can (each saved object is saved
+        once per cached bot): the status string is the one canonical copy (a driver hands out a
+        new ``"active"`` per row), equal timestamps are one object, empty metadata is one object.
+        """
+        if updated_at == created_at:
+            updated_at = created_at
+        if last_accessed_at == updated_at:
+            last_accessed_at = updated_at
         return cls(
             bot_id,
             freeze(config),
-            status,
+            _CANONICAL_STATUS.get(status, status),
             freeze(metadata),
             created_at,
             updated_at,
             last_accessed_at,
         )
 
+
+_CANONICAL_STATUS: Final = {status: status for status in ("active", "inactive", "error")}
+"""One shared string per status (the statuses of :mod:`~tiered_registry.validation`)."""
 
 FIELD_NAMES: Final = tuple(f.name for f in fields(Registration))
 """The fields of a registration, in order (also the PostgreSQL table's columns)."""

@@ -24,10 +24,18 @@ import orjson
 from .base import BackendBase
 from .errors import BackendUnavailableError, ConfigurationError, InvalidInputError, RegistryError
 from .factory import create_backend
-from .models import Registration
+from .models import Registration, parse_timestamp
 from .query import Query, SortItem
 from .stores._pgsql import DEFAULT_SCHEMA, DEFAULT_TABLE, schema_ddl
-from .validation import STATUSES, validate_config, validate_metadata
+from .validation import (
+    MAX_METADATA_BYTES,
+    STATUSES,
+    validate_bot_id,
+    validate_config,
+    validate_json,
+    validate_metadata,
+    validate_status,
+)
 
 __all__ = [
     "COMMANDS",
@@ -154,6 +162,12 @@ def add_commands(commands: Any) -> None:
         " metadata.KEY), descending as --sort=-FIELD; repeatable, first key first",
     )
     list_.add_argument("--limit", type=positive_int, metavar="N", help="at most N registrations")
+    list_.add_argument(
+        "--after",
+        metavar="BOT",
+        help="only bots whose id sorts after BOT (keyset paging: the last id of the page before; not with"
+        " --sort)",
+    )
 
     count = add("count", "print how many registrations there are")
     count.add_argument("--status", choices=sorted(STATUSES), help="only bots of this status")
@@ -339,7 +353,8 @@ def _prepare(args: argparse.Namespace) -> Any:
                 raise UsageError(f"--meta {key}=... given twice with different values")
             filters[key] = value
         sort = [_sort_item(text) for text in getattr(args, "sort", None) or ()] or None
-        Query.build(status=args.status, filter_metadata=filters or None, sort=sort)  # checked here
+        after = getattr(args, "after", None)
+        Query.build(status=args.status, filter_metadata=filters or None, sort=sort, after=after)  # checked
         return filters or None, sort
     if args.command == "set":
         config = validate_config(_read_json(args.config, "config"))
@@ -362,9 +377,9 @@ def _shows_progress(args: argparse.Namespace) -> bool:
 
 
 @contextmanager
-def _progress(args: argparse.Namespace, description: str, total: int | None) -> Iterator[Callable[[], None]]:
-    """``advance()`` for one item done: a rich bar on stderr when it is a terminal (and the bench
-    extra's ``rich`` is installed), else nothing. stdout (the JSON) is never written to."""
+def _progress(args: argparse.Namespace, description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """``advance(n=1)`` for ``n`` items done: a rich bar on stderr when it is a terminal (and the
+    bench extra's ``rich`` is installed), else nothing. stdout (the JSON) is never written to."""
     if not _shows_progress(args):
         yield _nothing
         return
@@ -377,35 +392,81 @@ def _progress(args: argparse.Namespace, description: str, total: int | None) -> 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(file=sys.stderr)) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        yield lambda n=1: bar.advance(task, n)
 
 
-def _nothing() -> None:
+def _nothing(n: int = 1) -> None:
     pass
 
 
-def _read_import(path: str) -> list[Registration]:
-    records: list[Registration] = []
-    seen: dict[str, int] = {}
-    source = "stdin" if path == "-" else path
-    for number, line in enumerate(_read_text(path, "import file").splitlines(), 1):
-        if not line.strip():
-            continue
+class _ImportFile:
+    """A JSON-lines file checked line by line (:meth:`check`), then read again for the load
+    (:meth:`items`): a million lines are never held as records (a file is read twice; stdin is
+    kept as text). Checking is the fast, text-producing validation the bulk load uses."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.source = "stdin" if path == "-" else path
+        self.count = 0
+        self._stdin: list[str] | None = sys.stdin.read().splitlines() if path == "-" else None
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        if self._stdin is not None:
+            yield from enumerate(self._stdin, 1)
+            return
         try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise UsageError(f"{source}:{number}: not valid JSON: {exc}") from None
-        try:
-            record = Registration.from_dict(data)
-        except InvalidInputError as exc:
-            raise UsageError(f"{source}:{number}: {exc}") from None
-        if record.bot_id in seen:
-            raise UsageError(
-                f"{source}:{number}: bot {record.bot_id!r} already on line {seen[record.bot_id]}"
-            )
-        seen[record.bot_id] = number
-        records.append(record)
-    return records
+            with open(self.path, encoding="utf-8") as file:
+                yield from enumerate(file, 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read import file {self.path!r}: {exc}") from None
+
+    def _parsed(self) -> Iterator[tuple[int, Any]]:
+        for number, line in self._lines():
+            if not line.strip():
+                continue
+            try:
+                yield number, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise UsageError(f"{self.source}:{number}: not valid JSON: {exc}") from None
+
+    def check(self) -> None:
+        """Every line checked before anything is written (exit status 2 names the line)."""
+        seen: dict[str, int] = {}
+        for number, data in self._parsed():
+            try:
+                bot_id = _checked_line(data)
+            except InvalidInputError as exc:
+                raise UsageError(f"{self.source}:{number}: {exc}") from None
+            if bot_id in seen:
+                raise UsageError(f"{self.source}:{number}: bot {bot_id!r} already on line {seen[bot_id]}")
+            seen[bot_id] = number
+        self.count = len(seen)
+
+    def items(self) -> Iterator[tuple[str, Any, str, Any]]:
+        """``(bot_id, config, status, metadata)`` per line, for ``load`` (which validates again)."""
+        for _, data in self._parsed():
+            yield data["bot_id"], data["config"], data.get("status", "active"), data.get("metadata") or {}
+
+
+def _checked_line(data: Any) -> str:
+    """The bot id of one import line, after the checks of ``Registration.from_dict`` (same errors)."""
+    if not isinstance(data, dict) or "bot_id" not in data or "config" not in data:
+        Registration.from_dict(data)  # raises the error naming what is missing
+    for field in ("created_at", "updated_at", "last_accessed_at"):
+        if field in data:
+            parse_timestamp(data[field], field)
+    bot_id = validate_bot_id(data["bot_id"])
+    validate_json(data["config"])
+    validate_status(data.get("status", "active"))
+    if data.get("metadata") is not None:
+        validate_json(data["metadata"], "metadata", MAX_METADATA_BYTES)
+    return bot_id
+
+
+def _read_import(path: str) -> _ImportFile:
+    imported = _ImportFile(path)
+    imported.check()
+    return imported
 
 
 async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) -> int:
@@ -428,7 +489,7 @@ async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) ->
         elif command == "list":
             filters, sort = prepared
             for record in await backend.list_all(
-                status=args.status, filter_metadata=filters, sort=sort, limit=args.limit
+                status=args.status, filter_metadata=filters, sort=sort, limit=args.limit, after=args.after
             ):
                 _record(record)
         elif command == "count":
@@ -453,15 +514,11 @@ async def _run(args: argparse.Namespace, backend: BackendBase, prepared: Any) ->
                     _record(record)
                     advance()
         elif command == "import":
-            records: list[Registration] = prepared
-            with _progress(args, "import", len(records)) as advance:
-                for record in records:
-                    await backend.register(
-                        record.bot_id, record.config, record.status, metadata=record.metadata
-                    )
-                    advance()
+            imported: _ImportFile = prepared
+            with _progress(args, "import", imported.count) as advance:
+                count = await backend.load(imported.items(), progress=advance)
             if not args.quiet:
-                print(f"imported {len(records)} registration(s)", file=sys.stderr)
+                print(f"imported {count} registration(s)", file=sys.stderr)
         if command in _WRITES:
             return _after_write(backend)
     return EXIT_OK

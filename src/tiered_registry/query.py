@@ -21,7 +21,7 @@ import orjson
 from .errors import InvalidInputError, InvalidTypeError
 from .frozen import FrozenDict
 from .models import Registration
-from .validation import validate_metadata, validate_status
+from .validation import validate_bot_id, validate_metadata, validate_status
 
 __all__ = ["SORTABLE_FIELDS", "Query", "SortArg", "SortItem", "SortKey", "SortLike", "SortSpec"]
 
@@ -114,6 +114,18 @@ def _parse_count(value: object, field: str) -> int | None:
     return value
 
 
+def _parse_after(value: object, keys: tuple[SortKey, ...]) -> str:
+    """``after=``: a bot id, and only with the ``bot_id`` ascending order it pages through."""
+    after = validate_bot_id(value, "after")
+    if keys and (len(keys) > 1 or keys[0].field != "bot_id" or keys[0].descending):
+        raise InvalidInputError(
+            "after",
+            "keyset paging walks bot ids in ascending order; drop sort= (or sort by 'bot_id' ascending),"
+            " or page another order with offset=",
+        )
+    return after
+
+
 _JSON_RANK: Final = {type(None): 0, str: 1, int: 2, float: 2, bool: 3}
 
 
@@ -130,13 +142,20 @@ def _json_sort_value(value: Any) -> tuple[int, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A validated selection: ``status`` and ``filter_metadata`` filter, then sort, offset, limit."""
+    """A validated selection: ``status``, ``filter_metadata`` and ``after`` filter, then sort,
+    offset, limit.
+
+    ``after`` is keyset paging: only bot ids greater than it (code-point order), in ``bot_id``
+    order. Unlike a deep ``offset``, which makes the server walk and drop every row before the
+    page, it starts at the key (PostgreSQL: the primary key index; Redis: the sorted set).
+    """
 
     status: str | None = None
     filter_metadata: FrozenDict | None = None
     sort: tuple[SortKey, ...] = ()
     limit: int | None = None
     offset: int = 0
+    after: str | None = None
 
     @classmethod
     def build(
@@ -147,6 +166,7 @@ class Query:
         sort: object = None,
         limit: object = None,
         offset: object = None,
+        after: object = None,
     ) -> Query:
         """Validate the keyword arguments of ``list_*``/``count_*``/``stream``."""
         checked_status = None if status is None else validate_status(status)
@@ -161,17 +181,21 @@ class Query:
             else:
                 raise InvalidTypeError("sort", f"must be a list of sort keys, got {type(sort).__name__}")
             keys = tuple(_parse_sort_item(item, i) for i, item in enumerate(items))
+        checked_after = None if after is None else _parse_after(after, keys)
         return cls(
             status=checked_status,
             filter_metadata=filters or None,
             sort=keys,
             limit=_parse_count(limit, "limit"),
             offset=_parse_count(offset, "offset") or 0,
+            after=checked_after,
         )
 
     def matches(self, record: Registration) -> bool:
-        """Whether ``record`` passes the status and metadata filters."""
+        """Whether ``record`` passes the status, metadata and ``after`` filters."""
         if self.status is not None and record.status != self.status:
+            return False
+        if self.after is not None and record.bot_id <= self.after:
             return False
         return not self.filter_metadata or metadata_matches(record.metadata, self.filter_metadata)
 

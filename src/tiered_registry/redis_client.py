@@ -15,6 +15,10 @@ pub/sub invalidation channel) gets its client here, so they all share the same d
   must see every lost connection (the pub/sub listener) turns this off.
 - **Bytes in, bytes out** (``decode_responses=False``): values are JSON that the library decodes
   itself with orjson, straight from bytes. A caller's client that decodes responses is refused.
+- **One cluster or one server, the same way.** A ``redis+cluster://host:port`` URL (also
+  ``rediss+cluster``, ``valkey+cluster``) or a ``redis.asyncio.RedisCluster`` passed in gives a
+  cluster client with the same timeouts and retry policy; :func:`is_cluster` tells the callers,
+  which then keep each script's keys in one slot (:mod:`tiered_registry.keyspace`).
 - **Secrets stay secret.** ``redact_url`` masks the password of a URL for reprs, logs and errors.
 - **One error type.** ``map_redis_errors`` turns "the server could not be reached or failed" into
   :class:`~tiered_registry.errors.BackendUnavailableError` with the driver error as ``__cause__``.
@@ -30,8 +34,10 @@ from typing import Any, Final, Literal
 
 import redis.asyncio as aredis
 import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .errors import (
     BackendBusyError,
@@ -51,7 +57,10 @@ __all__ = [
     "ConnectionSetupError",
     "RedisErrorMap",
     "WaitingConnectionPool",
+    "WaitingRedisCluster",
     "describe_source",
+    "is_cluster",
+    "is_cluster_source",
     "is_setup_error",
     "make_client",
     "map_redis_errors",
@@ -80,6 +89,12 @@ _SCHEMES: Final = {
     "valkey": "redis",
     "valkeys": "rediss",
 }
+_CLUSTER_SCHEMES: Final = {
+    "redis+cluster": "redis",
+    "rediss+cluster": "rediss",
+    "valkey+cluster": "redis",
+    "valkeys+cluster": "rediss",
+}
 _NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
@@ -88,6 +103,7 @@ UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
     rexc.ReadOnlyError,  # a write reached a replica (failover in progress)
     rexc.OutOfMemoryError,  # maxmemory reached with a noeviction policy
     rexc.ClusterDownError,  # includes MasterDownError
+    rexc.SlotNotCoveredError,  # a cluster slot without a master (one is down, none promoted)
     OSError,  # raw socket errors, builtins TimeoutError
 )
 """Driver errors meaning "the server could not be reached or failed", as opposed to a bug."""
@@ -104,6 +120,18 @@ def validate_namespace(namespace: object) -> str:
             f"namespace must match {_NAMESPACE.pattern} (letters, digits, '_', '.', '-'), got {namespace!r}"
         )
     return namespace
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (no cross-slot scripts, no pipelined scripts)."""
+    return isinstance(client, RedisCluster)
+
+
+def is_cluster_source(url_or_client: object) -> bool:
+    """Whether a URL (``redis+cluster://``...) or a client given by a caller names a cluster."""
+    if isinstance(url_or_client, str):
+        return url_or_client.partition("://")[0].lower() in _CLUSTER_SCHEMES
+    return is_cluster(url_or_client)
 
 
 def describe_source(url_or_client: object) -> str:
@@ -225,7 +253,7 @@ class WaitingConnectionPool(aredis.ConnectionPool):
 
 
 def make_client(
-    url_or_client: str | aredis.Redis,
+    url_or_client: str | aredis.Redis | RedisCluster,
     *,
     socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -240,12 +268,15 @@ def make_client(
     A URL (``redis://``, ``rediss://`` for TLS, ``unix://``; ``valkey://``/``valkeys://`` are
     read as their ``redis`` twins) builds a new client with the given timeouts and retry policy
     (``owned=True``); options in the URL's query string win over these keyword arguments.
-    A ``redis.asyncio.Redis`` passed in is returned as is (``owned=False``): its owner chose its
-    settings and closes it. ``socket_timeout=None`` waits forever (for a pub/sub reader only).
-    ``max_connections`` bounds the pool: more concurrent commands wait for a free connection (up
-    to ``socket_timeout``; see :class:`WaitingConnectionPool`). ``client_name`` is set on
-    every connection (``CLIENT SETNAME``: it shows in ``CLIENT LIST``). ``reconnect``: see the
-    module notes (a command that fails on a closed connection is sent once more on a new one).
+    A ``redis.asyncio.Redis`` or ``RedisCluster`` passed in is returned as is (``owned=False``):
+    its owner chose its settings and closes it. ``redis+cluster://host:port`` (any one node of
+    the cluster) builds a ``RedisCluster``, which finds the others; there ``max_connections``
+    bounds each node's pool, and a command finding it full fails at once (``BackendBusyError``).
+    ``socket_timeout=None`` waits forever (for a pub/sub reader only). ``max_connections``
+    bounds the pool: more concurrent commands wait for a free connection (up to
+    ``socket_timeout``; see :class:`WaitingConnectionPool`). ``client_name`` is set on every
+    connection (``CLIENT SETNAME``: it shows in ``CLIENT LIST``). ``reconnect``: see the module
+    notes (a command that fails on a closed connection is sent once more on a new one).
 
     The client is typed ``Any``: redis-py's annotations return sync/async unions that every call
     site would have to narrow.
@@ -257,6 +288,12 @@ def make_client(
                 "the Redis client must be created with decode_responses=False (values are JSON bytes)"
             )
         return url_or_client, False
+    if isinstance(url_or_client, RedisCluster):
+        if url_or_client.get_connection_kwargs().get("decode_responses"):
+            raise ConfigurationError(
+                "the RedisCluster client must be created with decode_responses=False (values are JSON bytes)"
+            )
+        return url_or_client, False
     if not isinstance(url_or_client, str):
         raise ConfigurationError(
             f"expected a redis:// URL or a redis.asyncio.Redis client, got {type(url_or_client).__name__}"
@@ -266,9 +303,12 @@ def make_client(
         raise ConfigurationError(f"max_connections must be a positive int, got {max_connections!r}")
     url = url_or_client
     scheme, sep, rest = url.partition("://")
-    mapped = _SCHEMES.get(scheme.lower()) if sep else None
+    cluster = scheme.lower() in _CLUSTER_SCHEMES
+    mapped = (_CLUSTER_SCHEMES if cluster else _SCHEMES).get(scheme.lower()) if sep else None
     if mapped is None:
-        raise ConfigurationError(f"expected a redis://, rediss:// or unix:// URL, got {redact_text(url)!r}")
+        raise ConfigurationError(
+            f"expected a redis://, rediss://, unix:// or redis+cluster:// URL, got {redact_text(url)!r}"
+        )
     url = f"{mapped}://{rest}"
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
@@ -278,6 +318,8 @@ def make_client(
     }
     if client_name is not None:
         options["client_name"] = client_name
+    if cluster:
+        return _make_cluster(url, max_connections, options), True
     try:
         pool = WaitingConnectionPool.from_url(
             url, max_connections=max_connections, wait_timeout=socket_timeout, **options
@@ -293,7 +335,88 @@ def make_client(
     return aredis.Redis.from_pool(pool), True
 
 
-_REFUSED: Final = (rexc.ReadOnlyError, rexc.OutOfMemoryError, rexc.ClusterDownError, rexc.MaxConnectionsError)
+class WaitingRedisCluster(RedisCluster):
+    """A ``RedisCluster`` whose commands wait for a turn when ``max_connections`` are in flight.
+
+    What :class:`WaitingConnectionPool` is to one server: redis-py's cluster client opens a new
+    connection per concurrent command, and a burst (a thousand writes publishing at once)
+    opened a thousand connections to one node at once; the refused ones reset the client's view
+    of the cluster and broke the commands in flight on other connections. Here at most
+    ``max_connections`` commands run at once (an uncontended turn costs ~1 µs), the rest queue,
+    first come first served, for up to ``wait_timeout`` seconds, then fail as busy.
+    """
+
+    def __init__(self, *args: Any, wait_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(kwargs.get("max_connections", DEFAULT_MAX_CONNECTIONS))
+        self._wait_timeout = wait_timeout
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            # redis-py 8.1 picks a command's routing before it learns the slots: commands started
+            # together on a new client went to one node, drew MOVED, and every 5th MOVED closed
+            # every connection, in use or not. So the first ones wait for the slots (one fetch).
+            try:
+                await self.initialize()
+            except rexc.RedisClusterException as exc:  # no node answered: the cluster is down
+                raise rexc.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        turns = self._turns
+        if turns.locked():
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await turns.acquire()
+            except TimeoutError:
+                raise rexc.MaxConnectionsError(
+                    f"no free Redis Cluster connection within {self._wait_timeout}s"
+                ) from None
+        else:
+            await turns.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except rexc.RedisClusterException as exc:
+            if "cannot be connected" not in str(exc):  # a usage error, not an outage
+                raise
+            raise rexc.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        except AttributeError as exc:
+            # redis-py 8.1's cluster client, refreshing its view of the cluster after a timeout
+            # under load, can close a connection another command is using; that command then
+            # fails inside the driver ("'NoneType' object has no attribute 'writelines'"). It
+            # is a lost connection, and is reported as one (a write's outcome is then unknown).
+            raise rexc.ConnectionError(f"Redis Cluster connection lost while in use ({exc})") from exc
+        finally:
+            turns.release()
+
+
+def _make_cluster(url: str, max_connections: int, options: dict[str, Any]) -> RedisCluster:
+    """A ``RedisCluster`` for a cluster URL (no I/O yet: it finds the nodes on first use)."""
+    try:
+        client = WaitingRedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            wait_timeout=options["socket_timeout"],
+            # redis-py 8 asks every new cluster connection for "maintenance notifications"; a
+            # Redis 7.0 node under a burst of new connections closed some of them during that
+            # handshake, and the client then tore down its other connections, in use or not.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **options,
+        )
+    except (ValueError, TypeError, rexc.RedisClusterException) as exc:
+        detail = scrub(str(exc), url_secrets(url))
+        raise ConfigurationError(f"bad Redis Cluster URL {redact_url(url)!r}: {detail}") from None
+    if client.get_connection_kwargs().get("decode_responses"):
+        raise ConfigurationError(
+            f"{redact_url(url)!r}: decode_responses must stay off (values are JSON bytes)"
+        )
+    return client
+
+
+_REFUSED: Final = (
+    rexc.ReadOnlyError,
+    rexc.OutOfMemoryError,
+    rexc.ClusterDownError,
+    rexc.SlotNotCoveredError,
+    rexc.MaxConnectionsError,
+)
 """Failures that leave a write undone: the server answered with an error, or no connection
 was had. (A failure to connect says so in its message: redis-py raises the same classes.)"""
 

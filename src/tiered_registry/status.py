@@ -54,12 +54,13 @@ class StackStatus:
         """Counters as plain dicts of ints, read when called (nothing is added to the hot path).
 
         One dict per tier, nearest first, under the tier's name: ``hits``, ``misses``, ``fills``,
-        ``evictions``, ``expirations``, ``invalidations``, ``errors``, ``busy`` (reads that skipped
-        a shared tier whose connection pool stayed busy); the local tier also has
-        ``entries`` (how many it holds now); each shared tier ``circuit_open`` (1 while its breaker
-        is open or half-open), ``circuit_opened`` (times it opened), ``owed`` (invalidations owed
-        to it: bots, or 1 for a clear) and ``owed_everything`` (1 if a clear is owed). Then
-        ``store``: ``reads``, ``errors``; and with an invalidation channel, ``channel``:
+        ``evictions``, ``expirations``, ``invalidations``, ``errors``, ``busy`` (reads that skipped a
+        shared tier whose connection pool stayed busy); the local tier also has ``entries`` (how many
+        it holds now) and, with ``max_bytes``, ``bytes`` (their estimated size) and ``too_large``
+        (entries not cached: bigger than ``max_bytes`` alone); each shared tier ``circuit_open`` (1
+        while its breaker is open or half-open), ``circuit_opened`` (times it opened), ``owed``
+        (invalidations owed to it: bots, or 1 for a clear) and ``owed_everything`` (1 if a clear is
+        owed). Then ``store``: ``reads``, ``errors``; and with an invalidation channel, ``channel``:
         ``published``, ``received``, ``publish_errors``, ``drops``, ``up`` (1 while subscribed),
         ``unannounced`` (invalidations not published yet: owed to the other processes).
         """
@@ -69,6 +70,9 @@ class StackStatus:
             if tier is self._local:
                 counters["hits"] += self._hot_hits
                 counters["entries"] = len(self._local.entries)
+                if self._local.max_bytes is not None:
+                    counters["bytes"] = self._local.bytes_used or 0
+                    counters["too_large"] = self._local.too_large
             else:
                 guard = self._guards[id(tier)]
                 counters["circuit_open"] = int(guard.is_open)

@@ -51,9 +51,10 @@ from .protocol import CoreRegistryBackend
 from .query import Query
 from .status import StackStatus
 from .stores.foreign import as_store
-from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup
+from .tiers.base import ABSENT, TIER_FAILURES, CacheTier, Lookup, check_seconds
 from .tiers.local import NO_ENTRIES, Entry, LocalCache
 from .validation import validate_bot_id
+from .warm import preload
 from .writes import WriteThrough
 
 if TYPE_CHECKING:  # coherence needs redis-py, an optional extra: imported only when used
@@ -86,6 +87,8 @@ class TieredBackend(BackendBase, StackStatus):
         reset_timeout: float = 1.0,
         track_access: bool = True,
         strict: bool = False,
+        preload: int = 0,
+        preload_timeout: float = 10.0,
     ) -> None:
         """``store``: one of our stores, or any other :class:`RegistryBackend` (it is then used through
         its public methods: :class:`~tiered_registry.stores.foreign.ForeignStore`).
@@ -101,6 +104,10 @@ class TieredBackend(BackendBase, StackStatus):
         if a shared tier or the invalidation channel cannot be reached, instead of starting
         degraded (a flag rather than an ``initialize`` argument, so that ``async with`` and
         :func:`~tiered_registry.create_backend` configs can set it).
+        ``preload=N``: a warm start. :meth:`initialize` fills the local tier with the ``N`` bots
+        most recently accessed (the store's ``last_accessed_at``), in batches, before it returns,
+        spending at most ``preload_timeout`` seconds on it (then it serves with what it has);
+        see :mod:`~tiered_registry.warm`.
         """
         tiers = list(tiers)
         store = as_store(store)  # ours as is; any other RegistryBackend wrapped (stores/foreign.py)
@@ -121,6 +128,12 @@ class TieredBackend(BackendBase, StackStatus):
             track=track_access,
         )
         self._strict = strict
+        if isinstance(preload, bool) or not isinstance(preload, int) or preload < 0:
+            raise ConfigurationError(f"preload must be an int >= 0 (a number of bots), got {preload!r}")
+        if preload and self._local is None:
+            raise ConfigurationError("preload fills the local tier: the first tier must be a LocalCache")
+        self._preload = preload
+        self._preload_timeout = check_seconds(preload_timeout, "preload_timeout")
         self._hot_accessed: dict[str, None] = {}  # accesses served by the hot path (also LRU hints)
         self._hot_hits = 0
         self._store_reads = 0
@@ -184,6 +197,8 @@ class TieredBackend(BackendBase, StackStatus):
                 self._hot = self._local.entries
             if self._strict and self._coherence is not None:
                 await self._check_channel(self._coherence)
+            if self._preload:
+                await preload(self, self._preload, self._preload_timeout)
             self._started_at = time.time()
         except BaseException:
             # Failed or cancelled half-way: release what was opened (close() would not: the stack
@@ -564,6 +579,9 @@ class TieredBackend(BackendBase, StackStatus):
 
     async def _list_ids(self) -> list[str]:
         return await self._store._list_ids()
+
+    async def _recently_accessed(self, limit: int) -> list[str]:
+        return await self._store._recently_accessed(limit)
 
     async def _stream(self, query: Query, batch_size: int) -> AsyncIterator[Registration]:
         async for record in self._store._stream(query, batch_size):

@@ -9,6 +9,7 @@ dict afterwards changes nothing in the registry.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
@@ -26,6 +27,7 @@ __all__ = [
     "STATUSES",
     "validate_bot_id",
     "validate_config",
+    "validate_json",
     "validate_metadata",
     "validate_status",
 ]
@@ -150,3 +152,33 @@ def validate_metadata(metadata: object, field: str = "metadata") -> FrozenDict:
     if metadata is None:
         return FrozenDict()
     return _validate_document(metadata, field, MAX_METADATA_BYTES)
+
+
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")  # might be out of the 64-bit range: check it all
+
+
+def validate_json(value: object, field: str = "config", max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """The compact JSON of ``value`` if it is what :func:`validate_config` accepts (else its error),
+    without building the frozen copy: for bulk loads, which only send the text (~3x cheaper).
+
+    Fast check: orjson's encoding (it refuses non-str keys, bad UTF-8, cycles, unknown types)
+    parsed back must equal ``value`` (so no NaN, tuple, datetime... was turned into JSON), and
+    the text must hold no NUL escape, no 19-digit run (a possibly out-of-range int) and fewer
+    brackets than :data:`MAX_DEPTH`. Anything that fails it is checked by the full walk, which
+    names the problem (or accepts it: the fast check is only ever too strict).
+    """
+    if type(value) is dict or type(value) is FrozenDict:
+        try:
+            text = orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+        else:
+            if (
+                len(text) <= max_bytes
+                and b"\\u0000" not in text
+                and text.count(b"{") + text.count(b"[") < MAX_DEPTH
+                and _LONG_NUMBER.search(text) is None
+                and orjson.loads(text) == value
+            ):
+                return text
+    return orjson.dumps(_validate_document(value, field, max_bytes))

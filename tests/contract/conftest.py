@@ -33,8 +33,16 @@ class Services:
         return str(self._request.getfixturevalue("redis_url"))
 
     @property
+    def redis_cluster_url(self) -> str:
+        return str(self._request.getfixturevalue("redis_cluster_url"))
+
+    @property
     def database_url(self) -> str:
         return str(self._request.getfixturevalue("database_url"))
+
+    @property
+    def pgbouncer_url(self) -> str:
+        return str(self._request.getfixturevalue("pgbouncer_url"))
 
 
 async def _clear(backend: BackendBase) -> None:
@@ -50,6 +58,12 @@ async def _drop_table(backend: BackendBase) -> None:
 def _postgres(services: Services, namespace: str) -> BackendBase:
     """A PostgresBackend on its own table (``teardown`` drops it)."""
     return PostgresBackend(services.database_url, table=namespace, access_flush_interval=0.1)
+
+
+def _postgres_pgbouncer(services: Services, namespace: str) -> BackendBase:
+    """A PostgresBackend through PgBouncer in transaction pool mode (``PGBOUNCER_URL``; skipped,
+    saying so, without one): every statement may land on another server connection."""
+    return PostgresBackend(services.pgbouncer_url, table=namespace, access_flush_interval=0.1, pgbouncer=True)
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,20 @@ def _redis_cache(services: Services, namespace: str) -> RedisCache:
     return RedisCache(services.redis_url, ttl=60, namespace=namespace)
 
 
+def _redis_cluster_cache(services: Services, namespace: str) -> RedisCache:
+    return RedisCache(services.redis_cluster_url, ttl=60, namespace=namespace)
+
+
 STACKS: dict[str, StackSpec] = {
     "postgres": StackSpec(_postgres, teardown=_drop_table),
+    "postgres-pgbouncer": StackSpec(_postgres_pgbouncer, teardown=_drop_table),
+    "local+redis-cache+postgres-pgbouncer": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30), _redis_cache(services, ns)], store=_postgres_pgbouncer(services, ns)
+        ),
+        shared=False,
+        teardown=_teardown_stack,
+    ),
     "memory": StackSpec(lambda services, ns: InMemoryBackend(), shared=False),
     "redis": StackSpec(
         lambda services, ns: RedisBackend(services.redis_url, namespace=ns, access_flush_interval=0.1)
@@ -109,6 +135,24 @@ STACKS: dict[str, StackSpec] = {
             tiers=[LocalCache(ttl=30), _redis_cache(services, ns)], store=_postgres(services, ns)
         ),
         shared=False,  # other processes see writes after a pub/sub round trip: see test_coherence.py
+        teardown=_teardown_stack,
+    ),
+    # Redis Cluster (REDIS_CLUSTER_URL; skipped, saying so, without one): the store keeps a
+    # namespace in one slot, the cache tier spreads it over every master (keyspace.py).
+    "redis-cluster": StackSpec(
+        lambda services, ns: RedisBackend(services.redis_cluster_url, namespace=ns, access_flush_interval=0.1)
+    ),
+    "redis-cluster-cache+postgres": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[_redis_cluster_cache(services, ns)], store=_postgres(services, ns)
+        ),
+        teardown=_teardown_stack,
+    ),
+    "local+redis-cluster-cache+postgres": StackSpec(
+        lambda services, ns: TieredBackend(
+            tiers=[LocalCache(ttl=30), _redis_cluster_cache(services, ns)], store=_postgres(services, ns)
+        ),
+        shared=False,
         teardown=_teardown_stack,
     ),
     # Someone else's RegistryBackend behind the tiers (tests/foreign_backends.py), used through its

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tiered_registry import SortSpec
+from tiered_registry import InvalidInputError, SortSpec
 
 
 class Order(enum.Enum):  # what dataknobs passes: an enum whose .value is "asc"/"desc"
@@ -125,6 +125,60 @@ async def test_limit_and_offset_page_through_the_ordered_list(populated) -> None
     assert await b.list_all(limit=0) == []
     assert ids(await b.list_active(limit=1, offset=1, sort=[SortSpec("bot_id", "desc")])) == ["delta"]
     assert ids(await b.list_all(status="inactive", limit=1)) == ["bravo"]
+
+
+async def test_after_pages_by_key_in_bot_id_order(populated) -> None:
+    b = populated
+    assert ids(await b.list_all(after="bravo")) == ["charlie", "delta", "echo", "foxtrot"]
+    assert ids(await b.list_all(after="bravo", limit=2)) == ["charlie", "delta"]
+    assert ids(await b.list_all(after="b")) == ["bravo", "charlie", "delta", "echo", "foxtrot"]  # not an id
+    assert ids(await b.list_active(after="alpha")) == ["delta", "foxtrot"]
+    assert ids(await b.list_inactive(after="bravo")) == ["echo"]
+    assert ids(await b.list_all(after="charlie", limit=1, offset=1)) == ["echo"]  # offset counts from the key
+    assert ids(await b.list_all(after="alpha", sort=[("bot_id", "asc")], limit=1)) == ["bravo"]
+    assert await b.list_all(after="foxtrot") == []
+    assert await b.list_all(after="zzz", limit=3) == []
+
+
+async def test_after_walks_every_page_once(backend) -> None:
+    await backend.register_many({f"k{i:03d}": {"i": i} for i in range(25)})
+    await backend.deactivate("k010")
+    seen: list[str] = []
+    last = None
+    while True:
+        page = (
+            await backend.list_active(limit=7)
+            if last is None
+            else await backend.list_active(limit=7, after=last)
+        )
+        if not page:
+            break
+        seen += ids(page)
+        last = page[-1].bot_id
+    assert seen == [f"k{i:03d}" for i in range(25) if i != 10]
+
+
+@pytest.mark.usefixtures("needs_metadata")
+async def test_after_with_a_metadata_filter(populated) -> None:
+    assert ids(await populated.list_all(after="alpha", filter_metadata={"tenant": "acme"})) == [
+        "bravo",
+        "delta",
+    ]
+
+
+@pytest.mark.parametrize(
+    "sort",
+    [[("bot_id", "desc")], "created_at", [("bot_id", "asc"), ("status", "asc")], SortSpec("metadata.rank")],
+)
+async def test_after_with_another_order_is_refused(populated, sort) -> None:
+    with pytest.raises(InvalidInputError, match="after: keyset paging"):
+        await populated.list_all(after="alpha", sort=sort)
+
+
+@pytest.mark.parametrize("after", ["", 3, "a\x00b"])
+async def test_after_must_be_a_bot_id(populated, after) -> None:
+    with pytest.raises(InvalidInputError, match=r"^after: "):
+        await populated.list_all(after=after)
 
 
 async def test_stream_walks_everything_in_batches(populated) -> None:

@@ -5,10 +5,16 @@
   registration), on one client — the least a Redis-backed read can cost from Python.
 - ``pg_select``: an asyncpg prepared ``SELECT config::text ... WHERE bot_id = $1`` on one held
   connection, of rows a ``PostgresBackend`` wrote (same layout and indexes as a stack's table) —
-  the least a PostgreSQL-backed read of that row can cost.
+  the least a PostgreSQL-backed read of that row can cost. Through PgBouncer in transaction pool
+  mode (a DSN with ``?pgbouncer=true``) the statement is unnamed (asyncpg's
+  ``statement_cache_size=0``): Parse + Bind + Execute in one round trip, as the store sends it.
+- ``redis_cluster_get``: the same ``GET`` from redis-py's own asyncio ``RedisCluster`` (plain,
+  not the library's client), of keys spread over every master of the cluster — the least a
+  Redis-Cluster-backed read can cost from Python.
 
-For throughput (N tasks reading at once) the ``dict`` and ``redis_get`` floors are the same calls
-from N tasks (redis-py: one client, its connection pool, large enough for a connection per task);
+For throughput (N tasks reading at once) the ``dict``, ``redis_get`` and ``redis_cluster_get``
+floors are the same calls from N tasks (redis-py: one client, its connection pool, large enough
+for a connection per task);
 the PostgreSQL one is the strong floor
 :func:`pg_pool_floor`: as many held connections as the store's pool, the statement prepared on
 each, no reset between uses, each task taking a free connection from a queue.
@@ -34,11 +40,15 @@ from .stacks import CLEANUP_TIMEOUT
 __all__ = [
     "PROBE_TIMEOUT",
     "dict_floor",
+    "pg_connect",
     "pg_pool_floor",
     "pg_select_floor",
     "postgres_pool_size",
     "postgres_version",
     "redis_client",
+    "redis_cluster_client",
+    "redis_cluster_get_floor",
+    "redis_cluster_version",
     "redis_get_floor",
     "redis_version",
 ]
@@ -64,6 +74,42 @@ def redis_client(url: str, *, timeout: float = PROBE_TIMEOUT, max_connections: i
     )
 
 
+def redis_cluster_client(url: str, *, timeout: float = PROBE_TIMEOUT, max_connections: int = 100) -> Any:
+    """A plain redis-py asyncio ``RedisCluster`` for a ``redis+cluster://`` URL (any node), failing
+    fast like :func:`redis_client`; ``max_connections``: per node. No "maintenance notifications"
+    handshake on its connections, as the library's cluster client (see
+    :mod:`tiered_registry.redis_client`)."""
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    scheme, _, rest = url.partition("://")
+    tls = scheme.lower() in ("rediss+cluster", "valkeys+cluster")
+    return RedisCluster.from_url(
+        f"{'rediss' if tls else 'redis'}://{rest}",
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+    )
+
+
+async def redis_cluster_version(url: str) -> str:
+    """``"redis 7.0.15, cluster of 3 masters"``; raises if the cluster does not answer."""
+    client = redis_cluster_client(url)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            info = await client.info("server", target_nodes=client.DEFAULT_NODE)
+            masters = len(client.get_primaries())
+    finally:
+        await client.aclose()
+    name = str(info.get("server_name") or "redis")
+    version = info.get(f"{name}_version") or info.get("redis_version", "?")
+    return f"{name} {version}, cluster of {masters} masters"
+
+
 async def redis_version(url: str) -> str:
     """``"valkey 8.1.8"`` / ``"redis 7.4.1"``; raises if the server does not answer."""
     client = redis_client(url)
@@ -77,12 +123,24 @@ async def redis_version(url: str) -> str:
     return f"{name} {version}"
 
 
-async def postgres_version(dsn: str) -> str:
-    """``"PostgreSQL 18.6"``; raises if the server does not answer."""
+async def pg_connect(dsn: str) -> Any:
+    """``asyncpg.connect(dsn)``; for a DSN with ``?pgbouncer=true`` (PgBouncer in transaction pool
+    mode), without that parameter and with named statements off (``statement_cache_size=0``):
+    its prepared statements are then unnamed, and re-sent with each execution (one round trip)."""
     import asyncpg
 
+    from ..stores._pgbouncer import pgbouncer_option
+
+    dsn, pgbouncer = pgbouncer_option(dsn, None)
+    if pgbouncer:
+        return await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT, statement_cache_size=0)
+    return await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+
+
+async def postgres_version(dsn: str) -> str:
+    """``"PostgreSQL 18.6"``; raises if the server does not answer."""
     async with asyncio.timeout(PROBE_TIMEOUT):
-        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+        conn = await pg_connect(dsn)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             version = await conn.fetchval("SHOW server_version")
@@ -118,11 +176,37 @@ async def redis_get_floor(
     has its own connection from the client's pool (the best unbatched throughput).
     """
     client = redis_client(url, max_connections=max_connections)
-    prefix = f"{namespace}:floor:"
+    async with _get_floor(client, f"{namespace}:floor:", ids, config, client.mset) as read:
+        yield read
+
+
+@contextlib.asynccontextmanager
+async def redis_cluster_get_floor(
+    url: str,
+    namespace: str,
+    ids: Sequence[str],
+    config: dict[str, Any],
+    *,
+    max_connections: int = 100,
+) -> AsyncIterator[Call]:
+    """redis-py ``RedisCluster.get`` of an encoded registration under each bot id, as
+    :func:`redis_get_floor` on one server; the keys carry no hash tag, so they spread over every
+    master. ``max_connections``: per node, at least the most tasks that will call at once."""
+    client = redis_cluster_client(url, max_connections=max_connections)
+    async with _get_floor(client, f"{namespace}:cfloor:", ids, config, client.mset_nonatomic) as read:
+        yield read
+
+
+@contextlib.asynccontextmanager
+async def _get_floor(
+    client: Any, prefix: str, ids: Sequence[str], config: dict[str, Any], mset: Any
+) -> AsyncIterator[Call]:
+    """Store the payload under ``prefix + id`` for every id, yield a raw ``GET``, then remove the
+    keys and close ``client`` (which this takes over)."""
     payload = encode_registration(Registration(ids[0], freeze(config)))
     try:
         for start in range(0, len(ids), 500):
-            await client.mset({prefix + bot_id: payload for bot_id in ids[start : start + 500]})
+            await mset({prefix + bot_id: payload for bot_id in ids[start : start + 500]})
         get = client.get
 
         def read(bot_id: str) -> Any:
@@ -148,8 +232,6 @@ async def pg_select_floor(
 
     ``table`` must be a plain identifier (the caller's unique name); it is dropped on exit.
     """
-    import asyncpg
-
     from ..stores.postgres import PostgresBackend
     from .stacks import populate
 
@@ -158,7 +240,7 @@ async def pg_select_floor(
     try:
         await writer.initialize()
         await populate(writer, ids, [config])
-        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+        conn = await pg_connect(dsn)
         statement = await conn.prepare(f'SELECT config::text FROM "{table}" WHERE bot_id = $1')
         yield statement.fetchval
     finally:
@@ -192,14 +274,12 @@ async def pg_pool_floor(dsn: str, table: str, size: int) -> AsyncIterator[Call]:
 
     Reads the rows of ``table``, which must exist (the one :func:`pg_select_floor` set up).
     """
-    import asyncpg
-
     connections: list[Any] = []
     free: asyncio.Queue[Any] = asyncio.Queue()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT * 2):
             for _ in range(size):
-                conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+                conn = await pg_connect(dsn)
                 connections.append(conn)
                 free.put_nowait(await conn.prepare(f'SELECT config::text FROM "{table}" WHERE bot_id = $1'))
         take = free.get

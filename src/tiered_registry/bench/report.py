@@ -35,7 +35,12 @@ __all__ = [
 ]
 
 PLOT_SUFFIXES: Final = (".png", ".svg")
-_FLOOR_SHORT: Final[dict[FloorName, str]] = {"dict": "dict", "redis_get": "GET", "pg_select": "SELECT"}
+_FLOOR_SHORT: Final[dict[FloorName, str]] = {
+    "dict": "dict",
+    "redis_get": "GET",
+    "pg_select": "SELECT",
+    "redis_cluster_get": "RC GET",  # redis-py's RedisCluster GET (short: the tables fit 80 columns)
+}
 
 
 def format_latency(ns: float | None) -> str:
@@ -126,6 +131,76 @@ def skipped_line(result: BenchResult) -> str | None:
     return "skipped: " + "; ".join(parts)
 
 
+PGBOUNCER_TARGET: Final = 1.3
+"""Issue #13's target: a PostgreSQL read through PgBouncer costs at most this many times the same
+read made directly."""
+
+
+def pgbouncer_line(result: BenchResult) -> str | None:
+    """The read cost of ``postgres-pgbouncer`` over ``postgres`` (the same store, direct), when
+    both were measured in this run: ``get_config`` median latency, and the time per call at each
+    N of the throughput sweep (the direct calls/s over the PgBouncer ones); else None."""
+    by_name = {stack.spec.name: stack for stack in result.stacks}
+    direct, pooled = by_name.get("postgres"), by_name.get("postgres-pgbouncer")
+    if direct is None or pooled is None or direct.get_config is None or pooled.get_config is None:
+        return None
+    direct_ns, pooled_ns = direct.get_config.median_ns, pooled.get_config.median_ns
+    if direct_ns <= 0:
+        return None
+    parts = [
+        f"get_config median {format_latency(pooled_ns)} vs {format_latency(direct_ns)} direct"
+        f" = {pooled_ns / direct_ns:.2f}x"
+    ]
+    direct_rates = {point.concurrency: point.throughput.ops_per_s for point in direct.sweep}
+    for point in pooled.sweep:
+        rate = direct_rates.get(point.concurrency)
+        if rate and point.throughput.ops_per_s > 0 and point.error is None:
+            parts.append(
+                f"{point.concurrency} task{'s' if point.concurrency > 1 else ''}:"
+                f" {format_rate(point.throughput.ops_per_s)} vs {format_rate(rate)}"
+                f" = {rate / point.throughput.ops_per_s:.2f}x the time per call"
+            )
+    return (
+        "PgBouncer (transaction pool mode, pgbouncer=True) vs direct, read cost: "
+        + " · ".join(parts)
+        + f" (target: at most {PGBOUNCER_TARGET:g}x)"
+    )
+
+
+CLUSTER_TARGET: Final = 1.15
+"""Issue #13's target: a Redis-tier hit on a Redis Cluster costs at most this many times a raw
+redis-py ``RedisCluster`` GET."""
+
+
+def cluster_line(result: BenchResult) -> str | None:
+    """The Redis-tier hit on the cluster (``redis-cluster-cache+postgres``'s ``get_config``) over
+    the raw ``RedisCluster`` GET timed alongside it, and over the same tier on one Redis
+    (``redis-cache+postgres``) if measured in this run; the throughput at each N over the
+    cluster floor's; else None."""
+    by_name = {stack.spec.name: stack for stack in result.stacks}
+    tier = by_name.get("redis-cluster-cache+postgres")
+    if tier is None or tier.get_config is None or tier.ratio is None or tier.paired_floor is None:
+        return None
+    hit_ns = tier.get_config.median_ns
+    parts = [
+        f"get_config median {format_latency(hit_ns)} vs RedisCluster GET"
+        f" {format_latency(tier.paired_floor.median_ns)} = {tier.ratio:.2f}x"
+        f" (target: at most {CLUSTER_TARGET:g}x)"
+    ]
+    single = by_name.get("redis-cache+postgres")
+    if single is not None and single.get_config is not None and single.get_config.median_ns > 0:
+        single_ns = single.get_config.median_ns
+        parts.append(f"vs one Redis's tier hit {format_latency(single_ns)} = {hit_ns / single_ns:.2f}x")
+    parts.extend(
+        f"{point.concurrency} task{'s' if point.concurrency > 1 else ''}:"
+        f" {format_rate(point.throughput.ops_per_s)} vs {format_rate(point.floor.ops_per_s)}"
+        f" = {1 / point.ratio:.2f}x the time per call"
+        for point in tier.sweep
+        if point.ratio is not None and point.floor is not None
+    )
+    return f"Redis Cluster, Redis-tier hit ({tier.spec.label}): " + " · ".join(parts)
+
+
 def render_tables(result: BenchResult) -> list[Table]:
     """The results as rich tables that fit in 80 columns: the ``get_config`` hot path (latency,
     ratio to its floor), throughput at each concurrency of the sweep (and of the floors, ratio to
@@ -195,7 +270,96 @@ def render_tables(result: BenchResult) -> list[Table]:
     if hits is not None:
         tables.append(hits)
     tables.append(cold)
+    at_size = render_at_size(result)
+    if at_size is not None:
+        tables.append(at_size)
     return tables
+
+
+MEMORY_TARGET: Final = 1.2
+"""Issue #15: a cached bot costs at most this many times the plain ``orjson.loads`` tree."""
+AT_SIZE_TARGET: Final = 1.3
+"""Issue #15: a local hit with 100,000 bots cached costs at most this many times one with 1,000."""
+
+
+def _mib(size: float | None) -> str:
+    return "—" if size is None else f"{size / 2**20:,.0f} MiB"
+
+
+def memory_line(result: BenchResult) -> str:
+    """The process's RSS at the end of the run (and its peak); bytes per cached bot if measured."""
+    line = f"process memory: RSS {_mib(result.rss_bytes)}, peak {_mib(result.peak_rss_bytes)}"
+    at_size = result.at_size
+    if at_size is not None and at_size.bytes_per_bot is not None and at_size.memory_ratio is not None:
+        return (
+            f"{line}; {at_size.bytes_per_bot:,.0f} bytes per cached bot at {at_size.bots:,} bots"
+            f" = {at_size.memory_ratio:.2f}x the plain orjson tree (target: at most {MEMORY_TARGET:g}x)"
+        )
+    return f"{line} (bytes per cached bot: run with --at-size N)"
+
+
+def render_at_size(result: BenchResult) -> Table | None:
+    """``--at-size``: memory per cached bot, the local hit and the Redis-tier hit with that many
+    bots, each next to what it is compared with; ``None`` if not asked for."""
+    at_size = result.at_size
+    if at_size is None:
+        return None
+    from rich import box
+    from rich.table import Table
+
+    t = Table(
+        title=f"at size: {at_size.bots:,} distinct bots ({at_size.store} store; loaded in "
+        f"{at_size.load_seconds:.0f} s, local tier filled in {at_size.fill_seconds:.0f} s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("measure", "value", "compared with", "ratio"):
+        t.add_column(column, justify="left" if column == "measure" else "right", no_wrap=True)
+
+    def ratio(value: float | None, target: float | None = None) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.2f}x" + ("" if target is None else f" (≤ {target:g}x)")
+
+    def size(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.0f} B"
+
+    t.add_row(
+        "bytes per cached bot",
+        size(at_size.bytes_per_bot),
+        f"plain tree {size(at_size.plain_bytes_per_bot)}",
+        ratio(at_size.memory_ratio, MEMORY_TARGET),
+    )
+    t.add_row("RSS growth per cached bot", size(at_size.rss_per_bot), "", "")
+    t.add_row(
+        "local hit, median",
+        format_latency(_median(at_size.local_hit)),
+        f"{format_latency(_median(at_size.local_hit_small))} at 1,000",
+        ratio(at_size.local_ratio, AT_SIZE_TARGET),
+    )
+    t.add_row(
+        "awaited dict.get, median",
+        format_latency(_median(at_size.dict_hit)),
+        f"{format_latency(_median(at_size.dict_hit_small))} at 1,000",
+        ratio(at_size.dict_ratio),
+    )
+    t.add_row(
+        "Redis-tier hit, median",
+        format_latency(_median(at_size.redis_hit)),
+        f"GET + loads {format_latency(_median(at_size.redis_floor))}",
+        ratio(at_size.redis_ratio),
+    )
+    notes = [
+        "bytes: tracemalloc over the last 10,000 bots entering the tier; RSS: over the rest of the fill",
+        "local and dict rows: timed in alternation with the same reads over 1,000 bots",
+        *at_size.errors,
+    ]
+    t.caption = "\n".join(notes)
+    t.caption_justify = "left"
+    return t
 
 
 def _throughput_table(result: BenchResult, table: Callable[..., Table], row: Callable[..., None]) -> Table:
@@ -240,6 +404,11 @@ def _throughput_table(result: BenchResult, table: Callable[..., Table], row: Cal
         captions.append(
             "GET floor: the N tasks on one redis-py client, its pool of up to "
             f"{result.redis_floor_connections} connections (one per task)"
+        )
+    if result.redis_cluster_floor_connections:
+        captions.append(
+            "RC GET floor: the N tasks on one redis-py RedisCluster client, up to "
+            f"{result.redis_cluster_floor_connections} connections per node"
         )
     if result.pg_floor_connections:
         captions.append(
@@ -329,10 +498,11 @@ def to_json(result: BenchResult, *, wall_seconds: float | None = None) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-_FLOOR_STYLES: Final[dict[FloorName, tuple[str, Literal[":", "--", "-."]]]] = {
+_FLOOR_STYLES: Final[dict[FloorName, tuple[str, Literal[":", "--", "-."] | tuple[int, tuple[int, ...]]]]] = {
     "dict": ("#2a9d55", ":"),
     "redis_get": ("#d1495b", "--"),
     "pg_select": ("#7a4ea3", "-."),
+    "redis_cluster_get": ("#e07a1f", (0, (5, 2, 1, 2))),
 }
 
 

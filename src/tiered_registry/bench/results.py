@@ -9,13 +9,16 @@ import platform
 import statistics
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..redact import redact_url
 from .measure import Latency, Throughput
 from .stacks import FLOOR_LABELS as FLOOR_ORDER
 from .stacks import STACKS, FloorName, ServiceName, StackSpec
 from .workload import Distribution
+
+if TYPE_CHECKING:
+    from .atsize import AtSizeResult
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -44,6 +47,7 @@ class BenchOptions:
     duration: float = 1.0
     seed: int = 0
     local_size: int | None = None  # the local tier's maxsize; None: max(10_000, 2 * bots)
+    at_size: int | None = None  # --at-size: also measure memory and hot paths with this many bots
 
     def __post_init__(self) -> None:
         if isinstance(self.concurrency, int):  # one level, as before the sweep
@@ -53,7 +57,8 @@ class BenchOptions:
 
     @property
     def needs(self) -> frozenset[ServiceName]:
-        return frozenset().union(*(spec.needs for spec in self.stacks))
+        at_size: frozenset[ServiceName] = frozenset({"redis", "postgres"} if self.at_size else ())
+        return at_size.union(*(spec.needs for spec in self.stacks))
 
     @property
     def local_maxsize(self) -> int:
@@ -70,6 +75,7 @@ class BenchOptions:
             "duration": self.duration,
             "seed": self.seed,
             "local_size": self.local_maxsize,
+            "at_size": self.at_size,
         }
 
 
@@ -81,8 +87,14 @@ class Endpoints:
     postgres_dsn: str | None = None
     sources: dict[ServiceName, str] = field(default_factory=dict)  # argument / environment / embedded
     errors: dict[ServiceName, str] = field(default_factory=dict)
+    pgbouncer_dsn: str | None = None  # a PgBouncer (transaction pool mode), only if asked for
+    redis_cluster_url: str | None = None  # a redis+cluster:// URL, only if asked for
 
     def url(self, service: ServiceName) -> str | None:
+        if service == "pgbouncer":
+            return self.pgbouncer_dsn
+        if service == "redis-cluster":
+            return self.redis_cluster_url
         return self.redis_url if service == "redis" else self.postgres_dsn
 
 
@@ -210,8 +222,12 @@ class BenchResult:
     stacks: list[StackResult] = field(default_factory=list)
     pg_floor_connections: int | None = None  # held connections of the asyncpg throughput floor
     redis_floor_connections: int | None = None  # pool limit of the redis-py GET floor's client
+    redis_cluster_floor_connections: int | None = None  # the RedisCluster floor's, per node
     warnings: list[str] = field(default_factory=list)
     namespace: str = ""  # the prefix of every key and table of the run
+    at_size: AtSizeResult | None = None  # --at-size: memory and hot paths with that many bots
+    rss_bytes: int | None = None  # the process's resident set size at the end of the run
+    peak_rss_bytes: int | None = None
     started_at: str = ""
     seconds: float = 0.0
 
@@ -257,9 +273,12 @@ class BenchResult:
             },
             "pg_floor_connections": self.pg_floor_connections,
             "redis_floor_connections": self.redis_floor_connections,
+            "redis_cluster_floor_connections": self.redis_cluster_floor_connections,
             "stacks": [s.to_dict() for s in self.stacks],
             "skipped": [{"name": s.spec.name, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),
+            "process": {"rss_bytes": self.rss_bytes, "peak_rss_bytes": self.peak_rss_bytes},
+            "at_size": None if self.at_size is None else self.at_size.to_dict(),
         }
 
 

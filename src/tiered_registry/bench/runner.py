@@ -30,12 +30,15 @@ from typing import Any, Final
 from ..base import BackendBase
 from ..errors import ConfigurationError
 from ..tiered import TieredBackend
+from .atsize import AT_SIZE_STEPS, measure_at_size
 from .floors import (
     dict_floor,
     pg_pool_floor,
     pg_select_floor,
     postgres_pool_size,
     postgres_version,
+    redis_cluster_get_floor,
+    redis_cluster_version,
     redis_get_floor,
     redis_version,
 )
@@ -50,6 +53,7 @@ from .measure import (
     measure_throughput,
     measure_throughput_paired,
 )
+from .memory import peak_rss_bytes, rss_bytes
 from .results import (
     BenchOptions,
     BenchResult,
@@ -84,6 +88,14 @@ MAX_MISS_ROUNDS: Final = 100
 REDIS_FLOOR_CONNECTIONS: Final = 100  # redis-py's default pool limit; more if more tasks read at once
 
 
+_FLOOR_SERVICES: Final[dict[ServiceName, FloorName]] = {
+    "redis": "redis_get",
+    "postgres": "pg_select",
+    "redis-cluster": "redis_cluster_get",
+}
+"""The floor measured when a stack needs that service (the dict floor is always measured)."""
+
+
 def stack_steps(options: BenchOptions) -> int:
     """Progress steps of one stack: set up, hot path, one per concurrency, miss, writes, clean up."""
     return 5 + len(options.concurrency)
@@ -91,8 +103,9 @@ def stack_steps(options: BenchOptions) -> int:
 
 def steps_for(options: BenchOptions) -> int:
     """How many progress steps a run of ``options`` has (floors twice + :func:`stack_steps` per stack)."""
-    floors = 1 + sum(1 for service in ("redis", "postgres") if service in options.needs)
-    return 2 * floors + stack_steps(options) * len(options.stacks)
+    floors = 1 + sum(1 for service in _FLOOR_SERVICES if service in options.needs)
+    at_size = AT_SIZE_STEPS if options.at_size else 0
+    return 2 * floors + stack_steps(options) * len(options.stacks) + at_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +250,12 @@ class _Run:
             else:
                 info["url"] = redact_url(url)
                 try:
-                    probe = redis_version if service == "redis" else postgres_version
+                    probe = {"redis": redis_version, "redis-cluster": redis_cluster_version}.get(
+                        service, postgres_version
+                    )
                     info["version"] = await probe(url)
+                    if service == "pgbouncer":
+                        info["version"] += " via PgBouncer"
                     self.available[service] = url
                 except Exception as exc:
                     info["error"] = f"{redact_url(url)} does not answer: {type(exc).__name__}: {exc}"
@@ -250,10 +267,9 @@ class _Run:
         w = self.workload
         call = await exits.enter_async_context(dict_floor(w.ids, w.configs[0]))
         self.open_floors["dict"] = self.throughput_floors["dict"] = _Floor(call, w.ids, w.sequence)
-        for service in ("redis", "postgres"):
+        for service, name in _FLOOR_SERVICES.items():
             if service not in self.options.needs:
                 continue
-            name: FloorName = "redis_get" if service == "redis" else "pg_select"
             url = self.available.get(service)
             if url is None:
                 self.result.floor_errors[name] = f"{service} not available"
@@ -265,6 +281,12 @@ class _Run:
                     url, self.prefix, w.floor_ids, w.configs[0], max_connections=connections
                 )
                 self.result.redis_floor_connections = connections
+            elif service == "redis-cluster":
+                connections = max(REDIS_FLOOR_CONNECTIONS, *self.options.concurrency)
+                floor = redis_cluster_get_floor(
+                    url, self.prefix, w.floor_ids, w.configs[0], max_connections=connections
+                )
+                self.result.redis_cluster_floor_connections = connections
             else:
                 table = f"{self.prefix}_floor"
                 self.tables.append(table)
@@ -299,9 +321,11 @@ class _Run:
             "dict": "async dict lookup",
             "redis_get": "redis-py GET",
             "pg_select": "asyncpg SELECT",
+            "redis_cluster_get": "redis-py RedisCluster GET",
         }
+        needed = {name for service, name in _FLOOR_SERVICES.items() if service in self.options.needs}
         for name, label in labels.items():
-            if name != "dict" and ("redis" if name == "redis_get" else "postgres") not in self.options.needs:
+            if name != "dict" and name not in needed:
                 continue
             self.progress.step(f"floor: {label}{again}")
             floor = self.open_floors.get(name)
@@ -339,7 +363,7 @@ class _Run:
             return result
         started = time.perf_counter()
         namespace = stack_namespace(self.prefix, spec)
-        if spec.store == "postgres":
+        if spec.store in ("postgres", "postgres-pgbouncer"):
             self.tables.append(namespace)
         self._steps = 0
         self._step(f"{spec.name}: set up")
@@ -352,6 +376,8 @@ class _Run:
                 postgres_dsn=self.available.get("postgres"),
                 bots=self.options.bots,
                 local_maxsize=self.options.local_maxsize,
+                pgbouncer_dsn=self.available.get("pgbouncer"),
+                redis_cluster_url=self.available.get("redis-cluster"),
             )
             await self._measure(backend, result)
         except ConfigurationError as exc:  # e.g. the module of an optional extra is missing
@@ -480,8 +506,9 @@ class _Run:
             await remove_namespace(
                 self.prefix,
                 redis_url=self.available.get("redis"),
-                postgres_dsn=self.available.get("postgres"),
+                postgres_dsn=self.available.get("postgres") or self.available.get("pgbouncer"),
                 tables=self.tables,
+                redis_cluster_url=self.available.get("redis-cluster"),
             )
         )
 
@@ -490,6 +517,27 @@ def _local_hits(backend: BackendBase) -> int:
     if not isinstance(backend, TieredBackend):
         return 0
     return backend.stats().get("local", {}).get("hits", 0)
+
+
+async def _measure_at_size(run: _Run, bots: int) -> None:
+    """``--at-size``: memory and hot paths with ``bots`` bots cached (:mod:`.atsize`), on the
+    servers of this run; a failure is a warning, its tables are dropped by the run's sweep."""
+    options = run.options
+    try:
+        run.result.at_size = await measure_at_size(
+            bots,
+            prefix=run.prefix,
+            redis_url=run.available.get("redis"),
+            postgres_dsn=run.available.get("postgres"),
+            config_size=options.config_size,
+            distribution=options.distribution,
+            duration=options.duration,
+            seed=options.seed,
+            step=run.progress.step,
+            tables=run.tables,
+        )
+    except Exception as exc:
+        run.result.warnings.append(f"at size: {type(exc).__name__}: {exc}")
 
 
 def new_run_prefix() -> str:
@@ -527,6 +575,9 @@ async def run_bench(
                 run.result.stacks.append(await run.stack(spec))
             await run.floors(repeat=True)
         run.ratios()
+        if options.at_size:
+            await _measure_at_size(run, options.at_size)
+        run.result.rss_bytes, run.result.peak_rss_bytes = rss_bytes(), peak_rss_bytes()
     finally:
         await run.sweep()
         run.result.seconds = time.perf_counter() - started

@@ -16,12 +16,15 @@ from typing import Any, Final, Literal
 
 from ..base import BackendBase
 from ..factory import create_backend
+from ..redact import redact_url
 from ..tiered import TieredBackend
 from .measure import checkpoint
 
 __all__ = [
     "CLEANUP_TIMEOUT",
+    "CLUSTER_STACKS",
     "FLOOR_LABELS",
+    "PGBOUNCER_STACKS",
     "STACKS",
     "FloorName",
     "ServiceName",
@@ -36,15 +39,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ServiceName = Literal["redis", "postgres"]
-FloorName = Literal["dict", "redis_get", "pg_select"]
+ServiceName = Literal["redis", "postgres", "pgbouncer", "redis-cluster"]
+FloorName = Literal["dict", "redis_get", "pg_select", "redis_cluster_get"]
 FLOOR_LABELS: Final[dict[FloorName, str]] = {
     "dict": "async dict lookup",
     "redis_get": "redis-py GET",
     "pg_select": "asyncpg prepared SELECT",
+    "redis_cluster_get": "RedisCluster GET",
 }
 CLEANUP_TIMEOUT: Final = 10.0
 """Seconds one cleanup step may take (a dead server must not hang an interrupted run)."""
+
+
+_TIER_LABELS: Final = {"redis-cluster-cache": "redis-cluster"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +59,15 @@ class StackSpec:
     """One combination: cache tiers (nearest first) in front of a store."""
 
     name: str  # command-line name, e.g. "local+redis-cache+postgres"
-    tiers: tuple[Literal["local", "redis-cache"], ...]
-    store: Literal["memory", "redis-store", "postgres"]
+    tiers: tuple[Literal["local", "redis-cache", "redis-cluster-cache"], ...]
+    store: Literal["memory", "redis-store", "postgres", "postgres-pgbouncer", "redis-cluster-store"]
     floor: FloorName  # the raw operation its hot path is compared with
 
     @property
     def label(self) -> str:
-        return " → ".join((*self.tiers, self.store))
+        """``local → redis-cache → postgres``; the Redis Cluster tier shows as ``redis-cluster``
+        (``local → redis-cluster → postgres``: every label fits the tables' 80 columns)."""
+        return " → ".join((*(_TIER_LABELS.get(tier, tier) for tier in self.tiers), self.store))
 
     @property
     def floor_behind_local(self) -> FloorName:
@@ -67,7 +76,7 @@ class StackSpec:
         if self.tiers[:1] != ("local",):
             return self.floor
         rest = self.name.split("+", 1)[1]
-        return STACKS[rest].floor
+        return {**STACKS, **CLUSTER_STACKS}[rest].floor
 
     @property
     def needs(self) -> frozenset[ServiceName]:
@@ -77,6 +86,10 @@ class StackSpec:
             needed.add("redis")
         if "postgres" in parts:
             needed.add("postgres")
+        if "postgres-pgbouncer" in parts:
+            needed.add("pgbouncer")
+        if parts & {"redis-cluster-cache", "redis-cluster-store"}:
+            needed.add("redis-cluster")
         return frozenset(needed)
 
 
@@ -100,9 +113,29 @@ STACKS: Final[dict[str, StackSpec]] = {
 }
 """Every combination, in the order they are measured and shown."""
 
+PGBOUNCER_STACKS: Final[dict[str, StackSpec]] = {
+    spec.name: spec for spec in (_spec("postgres-pgbouncer", "pg_select"),)
+}
+"""Measured only when asked for (``--pgbouncer-dsn``, or by name in ``--stacks``): the PostgreSQL
+store through PgBouncer in transaction pool mode (``pgbouncer=True``), timed next to the same
+asyncpg floor as ``postgres`` (a direct connection), so both rows compare with one baseline."""
+
+CLUSTER_STACKS: Final[dict[str, StackSpec]] = {
+    spec.name: spec
+    for spec in (
+        _spec("redis-cluster-store", "redis_cluster_get"),
+        _spec("redis-cluster-cache+postgres", "redis_cluster_get"),
+        _spec("local+redis-cluster-cache+postgres", "dict"),
+    )
+}
+"""Measured only when asked for (``--redis-cluster-url``, or by name in ``--stacks``): the Redis
+store and the Redis tier on a Redis Cluster (a ``redis+cluster://`` URL), their reads compared
+with redis-py's own ``RedisCluster`` GET of the same bytes (``redis_cluster_get``)."""
+
 
 def parse_stacks(text: str) -> list[StackSpec]:
     """``"all"`` or a comma-separated list of names (``→``/``>`` accepted for ``+``), in STACKS order."""
+    every = {**STACKS, **PGBOUNCER_STACKS, **CLUSTER_STACKS}
     wanted: list[str] = []
     for raw in text.split(","):
         name = raw.strip().replace(" ", "").replace("→", "+").replace(">", "+")
@@ -110,13 +143,13 @@ def parse_stacks(text: str) -> list[StackSpec]:
             continue
         if name == "all":
             wanted.extend(STACKS)
-        elif name in STACKS:
+        elif name in every:
             wanted.append(name)
         else:
-            raise ValueError(f"unknown stack {raw.strip()!r}; choose from: all, {', '.join(STACKS)}")
+            raise ValueError(f"unknown stack {raw.strip()!r}; choose from: all, {', '.join(every)}")
     if not wanted:
         raise ValueError("no stack selected")
-    return [spec for name, spec in STACKS.items() if name in wanted]
+    return [spec for name, spec in every.items() if name in wanted]
 
 
 def stack_namespace(run_prefix: str, spec: StackSpec) -> str:
@@ -132,8 +165,12 @@ def build_stack(
     postgres_dsn: str | None,
     local_maxsize: int = 10_000,
     local_ttl: float = 300.0,
+    pgbouncer_dsn: str | None = None,
+    redis_cluster_url: str | None = None,
 ) -> BackendBase:
-    """The uninitialized backend of ``spec``, on ``namespace``."""
+    """The uninitialized backend of ``spec``, on ``namespace`` (``pgbouncer_dsn``: a PgBouncer in
+    transaction pool mode, for the ``postgres-pgbouncer`` store; ``redis_cluster_url``: a
+    ``redis+cluster://`` URL, for the ``redis-cluster-*`` tier and store)."""
 
     def url(service: ServiceName, value: str | None) -> str:
         if value is None:
@@ -145,12 +182,20 @@ def build_stack(
         store = {"type": "memory"}
     elif spec.store == "redis-store":
         store = {"type": "redis", "url": url("redis", redis_url), "namespace": namespace}
+    elif spec.store == "redis-cluster-store":
+        store = {"type": "redis", "url": url("redis-cluster", redis_cluster_url), "namespace": namespace}
+    elif spec.store == "postgres-pgbouncer":
+        dsn = url("pgbouncer", pgbouncer_dsn)
+        store = {"type": "postgres", "dsn": dsn, "table": namespace, "pgbouncer": True}
     else:
         store = {"type": "postgres", "dsn": url("postgres", postgres_dsn), "table": namespace}
     tiers: list[dict[str, Any]] = []
     for tier in spec.tiers:
         if tier == "local":
             tiers.append({"type": "local", "maxsize": local_maxsize, "ttl": local_ttl})
+        elif tier == "redis-cluster-cache":
+            cluster = url("redis-cluster", redis_cluster_url)
+            tiers.append({"type": "redis", "url": cluster, "namespace": f"{namespace}_c"})
         else:
             tiers.append({"type": "redis", "url": url("redis", redis_url), "namespace": f"{namespace}_c"})
     if not tiers:
@@ -166,6 +211,8 @@ async def open_stack(
     postgres_dsn: str | None,
     bots: int = 1000,
     local_maxsize: int | None = None,
+    pgbouncer_dsn: str | None = None,
+    redis_cluster_url: str | None = None,
 ) -> BackendBase:
     """Build and initialize ``spec``; closes what it opened if initializing fails.
 
@@ -177,6 +224,8 @@ async def open_stack(
         redis_url=redis_url,
         postgres_dsn=postgres_dsn,
         local_maxsize=max(10_000, 2 * bots) if local_maxsize is None else local_maxsize,
+        pgbouncer_dsn=pgbouncer_dsn,
+        redis_cluster_url=redis_cluster_url,
     )
     try:
         await backend.initialize()
@@ -228,19 +277,31 @@ async def close_stack(backend: BackendBase) -> list[str]:
 
 
 async def remove_namespace(
-    prefix: str, *, redis_url: str | None, postgres_dsn: str | None, tables: Sequence[str] = ()
+    prefix: str,
+    *,
+    redis_url: str | None,
+    postgres_dsn: str | None,
+    tables: Sequence[str] = (),
+    redis_cluster_url: str | None = None,
 ) -> list[str]:
-    """Remove whatever is left under ``prefix``: Redis keys containing it, and ``tables``.
+    """Remove whatever is left under ``prefix``: Redis keys containing it (on ``redis_url``, and
+    on every master of the cluster ``redis_cluster_url``), and ``tables``.
 
     The safety net after :func:`close_stack` (a stack that failed half-way, a tier's bookkeeping
     keys). Never raises (except cancellation); returns the problems met.
     """
     problems: list[str] = []
-    if redis_url is not None:
-        from .floors import redis_client
+    for url in (redis_url, redis_cluster_url):
+        if url is None:
+            continue
+        from ..redis_client import is_cluster_source, make_client
+        from .floors import PROBE_TIMEOUT, redis_client
 
         try:
-            client = redis_client(redis_url)
+            if is_cluster_source(url):  # its scan_iter walks every master; unlink splits by slot
+                client, _ = make_client(url, connect_timeout=PROBE_TIMEOUT, retries=0)
+            else:
+                client = redis_client(url)
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
                     batch: list[bytes] = []
@@ -254,13 +315,15 @@ async def remove_namespace(
             finally:
                 await client.aclose()
         except Exception as exc:
-            problems.append(f"could not remove the Redis keys of {prefix}: {type(exc).__name__}: {exc}")
+            where = redact_url(url)
+            error = f"{type(exc).__name__}: {exc}"
+            problems.append(f"could not remove the Redis keys of {prefix} at {where}: {error}")
     if postgres_dsn is not None and tables:
-        import asyncpg
+        from .floors import pg_connect
 
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                conn = await asyncpg.connect(postgres_dsn)
+                conn = await pg_connect(postgres_dsn)
                 try:
                     for table in tables:
                         await conn.execute(f'DROP TABLE IF EXISTS "{table}"')

@@ -7,6 +7,12 @@ backend whose statements are all single, self-contained and change no session st
 ``LISTEN``, cursor or transaction left behind) can instead keep up to ``size`` connections
 checked out and pass them from task to task: a checkout is then a list pop.
 
+Behind PgBouncer in transaction pool mode (``PostgresBackend(pgbouncer=True)``) this holds as it
+is: a leased connection is a client connection to PgBouncer, each statement its own transaction on
+whichever server connection is free, and nothing is left on either between two statements (no
+named prepared statements in that mode; see :mod:`~tiered_registry.stores._pgbouncer`). A
+cancelled statement's cancel request is forwarded by PgBouncer to the server connection running it.
+
 What stays asyncpg's job: connecting, reconnecting and cleaning up after a failure. A connection
 whose query failed or was cancelled is released to the pool (which waits for the cancellation,
 rolls back, or terminates it); one the server closed, or that failed at the connection level, is

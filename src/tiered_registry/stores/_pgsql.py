@@ -114,6 +114,8 @@ def _where(query: Query, sql: _Params) -> list[str]:
     clauses: list[str] = []
     if query.status is not None:
         clauses.append(f"status = {sql.add(query.status)}")
+    if query.after is not None:  # keyset paging: a range scan of the primary key from there
+        clauses.append(f"bot_id > {sql.add(query.after)}")
     if query.filter_metadata:
         clauses.append(f"metadata @> {sql.add(dumps(query.filter_metadata).decode())}::text::jsonb")
         for key, value in query.filter_metadata.items():
@@ -182,6 +184,10 @@ class Statements:
             f"CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'status'))} ON {t} (status, bot_id)",
             f"CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'metadata'))}"
             f" ON {t} USING gin (metadata jsonb_path_ops)",
+            # The most recently accessed bots, for a warm start (recently_accessed). Its price:
+            # an access write is no longer a HOT update (see BENCHMARKS.md, "Queries at size").
+            f"CREATE INDEX IF NOT EXISTS {_quote(_index_name(table, 'accessed'))}"
+            f" ON {t} (last_accessed_at DESC, bot_id)",
         )
         self.create_table = "".join(f"{statement};\n" for statement in self.ddl)
         self.drop = f"DROP TABLE IF EXISTS {t}"
@@ -214,6 +220,25 @@ class Statements:
             " r.metadata), updated_at = EXCLUDED.updated_at"
             " RETURNING bot_id, created_at, last_accessed_at, metadata::text"
         )
+        # A chunk of ``load``: register_many without RETURNING, split in two statements by whether
+        # the items replace the metadata ($4) or keep the stored one (load_keep; {} for a new
+        # bot), so that neither needs register_many's per-row array_position lookup (quadratic
+        # in the chunk when the bots exist already). $1 ids, $2 configs, $3 statuses, $4 now.
+        load_insert = (
+            f"INSERT INTO {t} AS r"
+            " (bot_id, config, status, metadata, created_at, updated_at, last_accessed_at)"
+            " SELECT i.bot_id, i.config::jsonb, i.status, {metadata}, $4, $4, $4"
+            " FROM unnest($1::text[], $2::text[], $3::text[]{array}) AS i(bot_id, config, status{column})"
+            " ON CONFLICT (bot_id) DO UPDATE SET config = EXCLUDED.config, status = EXCLUDED.status,"
+            " {update}updated_at = EXCLUDED.updated_at"
+        )
+        self.load = load_insert.format(
+            metadata="i.metadata::jsonb",
+            array=", $5::text[]",
+            column=", metadata",
+            update="metadata = EXCLUDED.metadata, ",
+        )
+        self.load_keep = load_insert.format(metadata="'{}'::jsonb", array="", column="", update="")
         self.deactivate = (
             f"UPDATE {t} SET status = 'inactive', updated_at = $2 WHERE bot_id = $1 RETURNING true"
         )
@@ -226,6 +251,8 @@ class Statements:
             " WHERE r.bot_id = a.bot_id AND r.last_accessed_at < a.at"
         )
         self.list_ids = f"SELECT bot_id FROM {t} WHERE status = 'active' ORDER BY bot_id"
+        # $1 a limit: a walk of the index on (last_accessed_at DESC, bot_id), no sort.
+        self.recently_accessed = f"SELECT bot_id FROM {t} ORDER BY last_accessed_at DESC, bot_id LIMIT $1"
 
     def select(self, query: Query) -> tuple[str, list[Any], bool]:
         """The page ``query`` asks for: SQL, its parameters, and whether rows carry :data:`NESTED`.

@@ -277,6 +277,8 @@ class ForeignStore(BackendBase):
         return [r for r in converted if query.matches(r)]
 
     async def _select(self, query: Query) -> list[Registration]:
+        if query.after is not None:  # keyset paging is ours: filter, order and page here
+            return query.apply(await self._matching(query))
         if self._list_paging:
             sort = [SortSpec(key.field, "desc" if key.descending else "asc") for key in query.sort]
             list_all: _Method = self._backend.list_all

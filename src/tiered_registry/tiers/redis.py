@@ -1,13 +1,16 @@
 """``RedisCache``: a Redis tier shared by every process, with a TTL on every key.
 
-Keys (all under the hash tag ``{namespace}``, so a cluster keeps a namespace in one slot):
+Keys (``{tag}`` is the bot's hash tag: ``{namespace}`` on a single Redis; on Redis Cluster
+one of the namespace's groups ``{namespace:N}``, see :mod:`tiered_registry.keyspace` — every key
+a script touches is in one slot):
 
-- ``{ns}:c:<bot_id>`` — the cached registration (the library's one codec) or ``null`` for a
+- ``{tag}:c:<bot_id>`` — the cached registration (the library's one codec) or ``null`` for a
   remembered miss; expires after ``ttl`` (``negative_ttl`` for a miss).
-- ``{ns}:v:<bot_id>`` — the key's version, set by every write-through and invalidation to the
-  next number of ``{ns}:seq``. Numbers are never reused, also after ``clear()`` deleted the
+- ``{tag}:v:<bot_id>`` — the key's version, set by every write-through and invalidation to the
+  next number of ``{tag}:seq``. Numbers are never reused, also after ``clear()`` deleted the
   version keys, so a token can never match a version that was deleted and made again.
-- ``{ns}:epoch`` — incremented by ``clear()`` (and expires once no fill can be in flight).
+- ``{tag}:epoch`` — incremented by ``clear()`` (and expires once no fill can be in flight); a
+  cluster has one per group, and ``clear()`` bumps them all.
 
 A hit is one ``GET`` of the value; a miss also reads version and epoch (one ``MGET``) before
 the store is read, and the fill that follows is a small Lua script that writes only if version
@@ -30,8 +33,10 @@ Failures of Redis surface as :class:`~tiered_registry.errors.BackendUnavailableE
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias
 
 import redis.asyncio as aredis
@@ -39,8 +44,16 @@ import redis.asyncio as aredis
 from ..batching import DEFAULT_MAX_BATCH, Batcher, check_batch_size
 from ..codec import CodecError, DecodeCache, decode_registration, encode_registration
 from ..errors import ConfigurationError
+from ..keyspace import CLUSTER_GROUPS, KeySpace
 from ..models import Registration
-from ..redis_client import make_client, map_redis_errors, redact_url, validate_namespace
+from ..redis_client import (
+    is_cluster,
+    is_cluster_source,
+    make_client,
+    map_redis_errors,
+    redact_url,
+    validate_namespace,
+)
 from .base import ABSENT, CacheTier, Lookup, check_seconds
 
 __all__ = ["RedisCache"]
@@ -97,6 +110,8 @@ _INVALIDATE: Final = "redis.call('UNLINK', KEYS[1])" + _NEW_VERSION
 
 
 _Fill: TypeAlias = tuple[str, tuple[bytes, bytes], bytes, int]  # bot id, token, payload, ttl ms
+_CLUSTER_CONCURRENCY: Final = 32
+"""Script calls in flight at once on a cluster (which cannot pipeline scripts)."""
 
 
 class RedisCache(CacheTier):
@@ -155,11 +170,19 @@ class RedisCache(CacheTier):
         self._fill_script: Any = None
         self._put_script: Any = None
         self._invalidate_script: Any = None
-        prefix = f"{{{self.namespace}}}"
-        self._value_prefix = f"{prefix}:c:"
-        self._version_prefix = f"{prefix}:v:"
-        self._epoch_key = f"{prefix}:epoch"
-        self._seq_key = f"{prefix}:seq"
+        self._cluster = is_cluster_source(url_or_client)
+        self._keys = KeySpace(self.namespace, CLUSTER_GROUPS if self._cluster else 1)
+        self._epoch_keys = [f"{tag}:epoch" for tag in self._keys.tags]
+        self._seq_keys = [f"{tag}:seq" for tag in self._keys.tags]
+        self._value_key: Callable[[str], str]
+        self._version_key: Callable[[str], str]
+        if self._keys.groups == 1:  # a single Redis: no hashing on the read path
+            self._value_key = f"{self._keys.tags[0]}:c:".__add__
+            self._version_key = f"{self._keys.tags[0]}:v:".__add__
+        else:
+            tag = self._keys.tag
+            self._value_key = lambda bot_id: f"{tag(bot_id)}:c:{bot_id}"
+            self._version_key = lambda bot_id: f"{tag(bot_id)}:v:{bot_id}"
         self._warned_corrupt = False
         self._decode = DecodeCache(decode_registration, decode_cache_size)
         self.batch_size = check_batch_size(batch_size, "RedisCache batch_size")
@@ -170,6 +193,7 @@ class RedisCache(CacheTier):
             self._fill_one, self._fill_many, max_batch=self.batch_size
         )
         self._fill_many_script: Any = None
+        self._mget: Callable[[list[str]], Awaitable[list[bytes | None]]]
 
     def __repr__(self) -> str:
         source = redact_url(self._source) if isinstance(self._source, str) else type(self._source).__name__
@@ -190,6 +214,8 @@ class RedisCache(CacheTier):
             self._fill_many_script = self._client.register_script(_FILL_MANY_IF_UNCHANGED)
             self._put_script = self._client.register_script(_PUT_IF_UNCHANGED)
             self._invalidate_script = self._client.register_script(_INVALIDATE)
+            # A cluster client's MGET must stay in one slot; its mget_nonatomic splits by slot.
+            self._mget = self._client.mget_nonatomic if is_cluster(self._client) else self._client.mget
 
     async def check(self) -> None:
         """One ``PING``: :class:`~tiered_registry.BackendUnavailableError` if Redis cannot be reached."""
@@ -216,7 +242,7 @@ class RedisCache(CacheTier):
     async def _lookup_one(self, bot_id: str) -> tuple[Lookup, object]:
         """A lone lookup: one ``GET``; on a miss, one ``MGET`` of the fill token."""
         async with map_redis_errors("RedisCache lookup"):
-            value = await self._client.get(self._value_prefix + bot_id)
+            value = await self._client.get(self._value_key(bot_id))
         if value == _MISSING:
             self.stats.hits += 1
             return ABSENT, None
@@ -240,14 +266,16 @@ class RedisCache(CacheTier):
         committed, so a token that already shows the write comes with a store read that sees it.
         """
         async with map_redis_errors("RedisCache lookup"):
-            version, epoch = await self._client.mget(self._version_prefix + bot_id, self._epoch_key)
+            version, epoch = await self._client.mget(
+                self._version_key(bot_id), self._epoch_keys[self._keys.group(bot_id)]
+            )
         return version or b"", epoch or b""
 
     async def _lookup_many(self, bot_ids: list[str]) -> list[tuple[Lookup, object]]:
         """A batch: one ``MGET`` of the values; if some miss, one more of their versions and the
         epoch (as a lone lookup does: a cache tier mostly hits, so hits carry nothing extra)."""
         async with map_redis_errors("RedisCache lookup"):
-            values = await self._client.mget([self._value_prefix + b for b in bot_ids])
+            values = await self._mget([self._value_key(b) for b in bot_ids])
         stats = self.stats
         results: list[tuple[Lookup, object]] = []
         missed: list[int] = []
@@ -285,20 +313,34 @@ class RedisCache(CacheTier):
 
     async def _fill_one(self, fill: _Fill) -> bool:
         bot_id, (version, epoch), payload, ttl_ms = fill
-        keys = [self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key]
+        keys = [
+            self._value_key(bot_id),
+            self._version_key(bot_id),
+            self._epoch_keys[self._keys.group(bot_id)],
+        ]
         async with map_redis_errors("RedisCache fill"):
             return bool(await self._fill_script(keys=keys, args=[version, epoch, payload, ttl_ms]))
 
     async def _fill_many(self, fills: list[_Fill]) -> list[bool]:
-        """Fills of many bots in one script call, each guarded by its own token."""
-        keys = [self._epoch_key]
-        args: list[bytes | int] = []
-        for bot_id, (version, epoch), payload, ttl_ms in fills:
-            keys += (self._value_prefix + bot_id, self._version_prefix + bot_id)
-            args += (version, epoch, payload, ttl_ms)
+        """Fills of many bots in one script call per group (one on a single Redis), each guarded
+        by its own token."""
+        groups = self._keys.by_group([fill[0] for fill in fills])
+        calls = []
+        for group, positions in groups.items():
+            keys = [self._epoch_keys[group]]
+            args: list[bytes | int] = []
+            for position in positions:
+                bot_id, (version, epoch), payload, ttl_ms = fills[position]
+                keys += (self._value_key(bot_id), self._version_key(bot_id))
+                args += (version, epoch, payload, ttl_ms)
+            calls.append(self._fill_many_script(keys=keys, args=args))
         async with map_redis_errors("RedisCache fill"):
-            written = await self._fill_many_script(keys=keys, args=args)
-        return [bool(w) for w in written]
+            replies = await _bounded_gather(calls)
+        written = [False] * len(fills)
+        for positions, reply in zip(groups.values(), replies, strict=True):
+            for position, flag in zip(positions, reply, strict=True):
+                written[position] = bool(flag)
+        return written
 
     async def write_token(self, bot_id: str) -> tuple[bytes, bytes]:
         return await self._fill_token(bot_id)
@@ -318,15 +360,21 @@ class RedisCache(CacheTier):
             self.stats.invalidations += 1
 
     async def write_tokens(self, bot_ids: Sequence[str]) -> list[object]:
-        """Versions and epoch of many bots, one ``MGET`` per 1,000."""
+        """Versions and epochs of many bots, one ``MGET`` per 1,000 (split by slot on a cluster)."""
         tokens: list[object] = []
         for start in range(0, len(bot_ids), 1000):
-            keys = [self._version_prefix + b for b in bot_ids[start : start + 1000]]
-            keys.append(self._epoch_key)
+            chunk = bot_ids[start : start + 1000]
+            groups = [self._keys.group(b) for b in chunk]
+            seen = list(dict.fromkeys(groups))
+            keys = [self._version_key(b) for b in chunk]
+            keys += (self._epoch_keys[g] for g in seen)
             async with map_redis_errors("RedisCache lookup"):
-                values = await self._client.mget(keys)
-            epoch = values[-1] or b""
-            tokens += [(version or b"", epoch) for version in values[:-1]]
+                values = await self._mget(keys)
+            epochs = dict(zip(seen, values[len(chunk) :], strict=True))
+            tokens += [
+                (version or b"", epochs[g] or b"")
+                for version, g in zip(values[: len(chunk)], groups, strict=True)
+            ]
         return tokens
 
     async def put_many(self, puts: Sequence[tuple[str, Registration | None, object]]) -> None:
@@ -334,22 +382,30 @@ class RedisCache(CacheTier):
         pipelines of 1,000: one round trip each."""
         for start in range(0, len(puts), 1000):
             chunk = puts[start : start + 1000]
-            async with map_redis_errors("RedisCache write"), self._client.pipeline(transaction=False) as pipe:
-                for bot_id, record, token in chunk:
-                    keys = self._write_keys(bot_id)
-                    if record is None or token is None:  # forgetting is always safe
-                        await self._invalidate_script(keys=keys, args=[self._version_ttl_ms], client=pipe)
-                        continue
-                    assert isinstance(token, tuple)
-                    version, epoch = token
-                    args = [self._version_ttl_ms, version, epoch, encode_registration(record), self._ttl_ms]
-                    await self._put_script(keys=keys, args=args, client=pipe)
-                written = await pipe.execute()
+            async with map_redis_errors("RedisCache write"):
+                if self._cluster:  # a cluster cannot pipeline scripts: a few calls at a time
+                    written = await _bounded_gather([self._put_call(put, None) for put in chunk])
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for put in chunk:
+                            await self._put_call(put, pipe)
+                        written = await pipe.execute()
             for (_, record, token), result in zip(chunk, written, strict=True):
                 if record is not None and token is not None and result:
                     self.stats.fills += 1
                 else:
                     self.stats.invalidations += 1
+
+    def _put_call(self, put: tuple[str, Registration | None, object], pipe: Any) -> Awaitable[Any]:
+        """One bot's guarded put or invalidation (queued on ``pipe``, or sent if it is None)."""
+        bot_id, record, token = put
+        keys = self._write_keys(bot_id)
+        if record is None or token is None:  # forgetting is always safe
+            return self._invalidate_script(keys=keys, args=[self._version_ttl_ms], client=pipe)  # type: ignore[no-any-return]
+        assert isinstance(token, tuple)
+        version, epoch = token
+        args = [self._version_ttl_ms, version, epoch, encode_registration(record), self._ttl_ms]
+        return self._put_script(keys=keys, args=args, client=pipe)  # type: ignore[no-any-return]
 
     async def invalidate(self, bot_id: str) -> None:
         """Delete the value and give the key a new version (in-flight fills and puts are refused)."""
@@ -358,19 +414,28 @@ class RedisCache(CacheTier):
         self.stats.invalidations += 1
 
     def _write_keys(self, bot_id: str) -> list[str]:
-        return [self._value_prefix + bot_id, self._version_prefix + bot_id, self._epoch_key, self._seq_key]
+        group = self._keys.group(bot_id)
+        return [
+            self._value_key(bot_id),
+            self._version_key(bot_id),
+            self._epoch_keys[group],
+            self._seq_keys[group],
+        ]
 
     async def clear(self) -> None:
         """Bump the epoch (refuses in-flight fills), then unlink this namespace's keys in batches."""
         async with map_redis_errors("RedisCache clear"):
             # The epoch only has to outlive the fills in flight now; then the namespace is empty.
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.incr(self._epoch_key)
-                pipe.pexpire(self._epoch_key, self._version_ttl_ms)
-                await pipe.execute()
-            for prefix in (self._value_prefix, self._version_prefix):
+            # (On a cluster, one transaction per group: a MULTI cannot span slots.)
+            for epoch_key in self._epoch_keys:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.incr(epoch_key)
+                    pipe.pexpire(epoch_key, self._version_ttl_ms)
+                    await pipe.execute()
+            for suffix in (":c:*", ":v:*"):
                 batch: list[bytes] = []
-                async for key in self._client.scan_iter(match=prefix + "*", count=500):
+                # (A cluster client's scan_iter walks every master.)
+                async for key in self._client.scan_iter(match=self._keys.pattern(suffix), count=500):
                     batch.append(key)
                     if len(batch) >= 500:
                         await self._client.unlink(*batch)
@@ -390,3 +455,19 @@ class RedisCache(CacheTier):
                 bot_id,
                 exc,
             )
+
+
+async def _bounded_gather(calls: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Await ``calls`` with at most :data:`_CLUSTER_CONCURRENCY` in flight, results in order
+    (one call, the single-Redis case, is just awaited)."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    results: list[Any] = []
+    try:
+        for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
+            results += await asyncio.gather(*calls[start : start + _CLUSTER_CONCURRENCY])
+    finally:
+        for call in calls[len(results) + _CLUSTER_CONCURRENCY :]:
+            if inspect.iscoroutine(call):
+                call.close()  # never started: no "was never awaited" warning
+    return results
