@@ -462,3 +462,24 @@ def test_the_cluster_line_compares_the_tier_hit_with_the_raw_cluster_get() -> No
     )
     assert f"{SWEEP[-1]} tasks: " in line
     assert cluster_line(_result(skipped=("redis-cluster-cache+postgres",))) is None
+
+
+async def test_a_large_set_up_is_bulk_loaded_with_progress(monkeypatch) -> None:
+    """Above BULK_SETUP bots the bench loads them with load() (chunks), reporting progress."""
+    from tiered_registry import InMemoryBackend, LocalCache, TieredBackend
+    from tiered_registry.bench import stacks
+
+    monkeypatch.setattr(stacks, "BULK_SETUP", 100)
+    backend = TieredBackend(tiers=[LocalCache(maxsize=10_000, ttl=60)], store=InMemoryBackend())
+    await backend.initialize()
+    try:
+        ids = [f"b{i}" for i in range(2500)]
+        seen: list[int] = []
+        await stacks.populate(backend, ids, [{"n": 1}, {"n": 2}], progress=seen.append)
+        assert await backend.count_all() == 2500
+        assert await backend.get_config("b1") == {"n": 2}
+        assert seen == sorted(seen)
+        assert seen[-1] == 2500
+        assert len(seen) > 1  # in chunks
+    finally:
+        await backend.close()

@@ -262,6 +262,7 @@ class _LineProgress(Progress):
         self.console = console
         self.total = 0
         self.done = 0
+        self.last_detail = 0.0
 
     def begin(self, total: int) -> None:
         self.total = total
@@ -272,6 +273,12 @@ class _LineProgress(Progress):
 
     def skip(self, count: int, description: str) -> None:
         self.done += max(0, count)
+
+    def detail(self, description: str) -> None:
+        now = time.monotonic()
+        if now - self.last_detail >= 5.0:  # a line every 5 s at most
+            self.last_detail = now
+            self.console.print(f"  {description}", markup=False, highlight=False)
 
 
 class _BarProgress(Progress):
@@ -302,6 +309,9 @@ class _BarProgress(Progress):
 
     def skip(self, count: int, description: str) -> None:
         self.bar.update(self.task, advance=max(0, count), description=description)
+
+    def detail(self, description: str) -> None:
+        self.bar.update(self.task, description=description)
 
 
 @contextmanager
@@ -352,6 +362,9 @@ def _print_report(result: BenchResult, out: Console) -> None:
     out.print(report.settings_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.floors_line(result), markup=False, highlight=False, soft_wrap=True)
     out.print(report.memory_line(result), markup=False, highlight=False, soft_wrap=True)
+    setup = report.setup_line(result)
+    if setup:
+        out.print(setup, markup=False, highlight=False, soft_wrap=True)
     pgbouncer = report.pgbouncer_line(result)
     if pgbouncer:
         out.print(pgbouncer, markup=False, highlight=False, soft_wrap=True)

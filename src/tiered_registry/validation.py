@@ -157,6 +157,15 @@ def validate_metadata(metadata: object, field: str = "metadata") -> FrozenDict:
 _LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")  # might be out of the 64-bit range: check it all
 
 
+_DIGITS: Final = b"0123456789"
+
+
+def _may_hold_long_number(text: bytes) -> bool:
+    """Whether ``text`` has a run of 19 digits. Counting the digits first (one C pass, ~1 µs for
+    2 KB) spares the regex scan (~30 µs for 2 KB) for the configs that cannot have one."""
+    return len(text) - len(text.translate(None, _DIGITS)) >= 19 and _LONG_NUMBER.search(text) is not None
+
+
 def validate_json(value: object, field: str = "config", max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
     """The compact JSON of ``value`` if it is what :func:`validate_config` accepts (else its error),
     without building the frozen copy: for bulk loads, which only send the text (~3x cheaper).
@@ -177,7 +186,7 @@ def validate_json(value: object, field: str = "config", max_bytes: int = MAX_CON
                 len(text) <= max_bytes
                 and b"\\u0000" not in text
                 and text.count(b"{") + text.count(b"[") < MAX_DEPTH
-                and _LONG_NUMBER.search(text) is None
+                and not _may_hold_long_number(text)
                 and orjson.loads(text) == value
             ):
                 return text

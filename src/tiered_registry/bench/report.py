@@ -286,6 +286,15 @@ def _mib(size: float | None) -> str:
     return "—" if size is None else f"{size / 2**20:,.0f} MiB"
 
 
+def setup_line(result: BenchResult) -> str | None:
+    """How long putting the bots into each stack took, when that was long enough to matter."""
+    slow = [s for s in result.stacks if s.setup_seconds >= 1.0]
+    if not slow:
+        return None
+    times = ", ".join(f"{s.spec.name} {s.setup_seconds:.1f} s" for s in slow)
+    return f"set-up ({result.options.bots:,} bots through each stack): {times}"
+
+
 def memory_line(result: BenchResult) -> str:
     """The process's RSS at the end of the run (and its peak); bytes per cached bot if measured."""
     line = f"process memory: RSS {_mib(result.rss_bytes)}, peak {_mib(result.peak_rss_bytes)}"

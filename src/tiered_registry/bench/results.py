@@ -110,6 +110,9 @@ class Progress:
     def skip(self, count: int, description: str) -> None:
         """``count`` planned steps will not run."""
 
+    def detail(self, description: str) -> None:
+        """How far the current step is (a long set-up: bots loaded so far)."""
+
 
 @dataclass(slots=True)
 class SweepPoint:
@@ -162,6 +165,7 @@ class StackResult:
     ratio: float | None = None  # get_config median / the paired floor's median
     tier_stats: dict[str, dict[str, int]] | None = None
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # registering (or bulk-loading) the bots through the stack
 
     @property
     def throughput(self) -> Throughput | None:
@@ -208,6 +212,7 @@ class StackResult:
             "read_after_register": opt(self.read_after_register),
             "tier_stats": self.tier_stats,
             "seconds": round(self.seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
         }
 
 

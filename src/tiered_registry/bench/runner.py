@@ -412,7 +412,14 @@ class _Run:
     async def _measure(self, backend: BackendBase, result: StackResult) -> None:
         """The measurement steps of one open stack (set up, hot path, throughput, miss, writes)."""
         options, w, spec = self.options, self.workload, result.spec
-        await populate(backend, w.ids, w.configs)
+        total = len(w.ids)
+
+        def loaded(count: int) -> None:
+            self.progress.detail(f"{spec.name}: set up, {count:,} of {total:,} bots loaded")
+
+        setup_started = time.perf_counter()
+        await populate(backend, w.ids, w.configs, progress=loaded)
+        result.setup_seconds = time.perf_counter() - setup_started
         call = backend.get_config
         keys = KeyStream(w.sequence)
         await _warm(call, w.ids, keys, options.duration)

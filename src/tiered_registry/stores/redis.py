@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 from ..access import DEFAULT_ACCESS_FLUSH_INTERVAL, AccessRecorder
 from ..base import BackendBase, RegisterItem
 from ..batching import DEFAULT_MAX_BATCH, Batcher, check_batch_size
+from ..bulk import JsonItem
 from ..codec import CodecError, DecodeCache, dumps
 from ..errors import ConfigurationError
 from ..frozen import FrozenDict
@@ -304,6 +305,18 @@ class RedisBackend(BackendBase):
             for (bot_id, config, status, metadata), row in zip(items, rows, strict=True)
         ]
         return records
+
+    _LOADS_JSON = True  # load() hands us JSON text: written as it is, no frozen copies
+
+    async def _load_json_chunk(self, items: Sequence[JsonItem]) -> None:
+        """A chunk of :meth:`load`: one atomic script call, as :meth:`_register_many` but with the
+        configs' JSON text as :meth:`load` checked it, and no records built to return."""
+        encoded = [
+            (bot_id, config.encode(), status, None if metadata is None else metadata.encode())
+            for bot_id, config, status, metadata in items
+        ]
+        with self._errors("load", write=True):
+            await self._scripts.register_many(encoded, utcnow())
 
     async def _deactivate(self, bot_id: str) -> bool:
         with self._errors("deactivate", write=True):
