@@ -520,16 +520,19 @@ class PostgresBackend(BackendBase):
         return Registration(bot_id, config, status, metadata, created_at, now, last_accessed_at)
 
     async def _register_many(self, items: Sequence[RegisterItem]) -> list[Registration]:
-        """One ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` for every item: all or nothing."""
+        """One ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` for every item: all or nothing.
+        Rows go in ``bot_id`` order, so two concurrent calls lock shared rows in the same order
+        (in any other order they can deadlock)."""
         now = utcnow()
+        ordered = sorted(items, key=lambda item: item[0])
         rows = await self._write(
             "register_many",
             "fetch",
             self._sql.register_many,
-            [bot_id for bot_id, _, _, _ in items],
-            [dumps(config).decode() for _, config, _, _ in items],
-            [status for _, _, status, _ in items],
-            [None if metadata is None else dumps(metadata).decode() for _, _, _, metadata in items],
+            [bot_id for bot_id, _, _, _ in ordered],
+            [dumps(config).decode() for _, config, _, _ in ordered],
+            [status for _, _, status, _ in ordered],
+            [None if metadata is None else dumps(metadata).decode() for _, _, _, metadata in ordered],
             now,
         )
         stored = {row[0]: row for row in rows}
